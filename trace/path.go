@@ -58,7 +58,11 @@ type Flow struct {
 }
 
 // Reverse returns the flow of the answer: source and destination swapped.
+// An ICMP echo reply keeps the request's identifier.
 func (f Flow) Reverse() Flow {
+	if f.Proto == ICMP {
+		return Flow{Proto: ICMP, Src: f.Dst, SrcPort: f.SrcPort, Dst: f.Src}
+	}
 	return Flow{Proto: f.Proto, Src: f.Dst, SrcPort: f.DstPort, Dst: f.Src, DstPort: f.SrcPort}
 }
 
