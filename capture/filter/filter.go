@@ -1,0 +1,355 @@
+// Package filter assembles the classic BPF program that a capture socket
+// attaches, so that the kernel copies to userspace only the packets of the
+// traced flow: its TCP or UDP ports or its ICMP addresses, ICMP errors about
+// it, ARP, the same flow inside IPIP and VXLAN, and optionally DNS. The
+// program's return value is the number of bytes kept, so it also applies the
+// snap length: headers only for the flow, whole packets for DNS.
+package filter
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/google/gopacket/layers"
+	"golang.org/x/net/bpf"
+
+	"github.com/kubectl-nettrace/nettrace/trace"
+)
+
+// Whole is the return value that keeps a packet whole: larger than any
+// packet, the kernel caps it at the packet's length.
+const Whole = 0x40000
+
+// VXLANPort is the IANA UDP port of VXLAN, the one the filter looks into.
+const VXLANPort = 4789
+
+// dnsPort is the UDP port of DNS.
+const dnsPort = 53
+
+// Header offsets inside IPv4, UDP, VXLAN and Ethernet.
+const (
+	ipFlagsFrag  = 6
+	ipProto      = 9
+	ipSrc        = 12
+	ipDst        = 16
+	fragOffset   = 0x1fff
+	udpHeaderLen = 8
+	vxlanLen     = 8
+	etherLen     = 14
+	etherType    = 12
+	// vxlanInnerIP is where the inner IPv4 header starts, counted from the
+	// outer UDP header: UDP, VXLAN and the inner Ethernet header.
+	vxlanInnerIP = udpHeaderLen + vxlanLen + etherLen
+)
+
+// Protocol numbers and ICMP types the program tests.
+const (
+	protoICMP         = 1
+	protoIPIP         = 4
+	protoUDP          = 17
+	etherTypeIPv4     = 0x0800
+	etherTypeARP      = 0x0806
+	icmpUnreachable   = 3
+	icmpTimeExceeded  = 11
+	icmpHeaderLen     = 8
+	scratchHeaderBase = 0
+)
+
+// Options says what the program keeps.
+type Options struct {
+	// Match selects the traced flow.
+	Match trace.Match
+	// DNS also keeps UDP packets from or to port 53, whole.
+	DNS bool
+	// Snaplen is the number of bytes kept of a matching packet; zero keeps
+	// packets whole.
+	Snaplen uint32
+}
+
+// Build returns the program for an interface of the given link type:
+// layers.LinkTypeEthernet, or layers.LinkTypeRaw for interfaces without a
+// link-layer header (TUN devices, ipip tunnels).
+func Build(link layers.LinkType, opts Options) ([]bpf.Instruction, error) {
+	if err := validate(opts.Match); err != nil {
+		return nil, err
+	}
+	p := program{opts: opts, keep: opts.Snaplen}
+	if p.keep == 0 {
+		p.keep = Whole
+	}
+	var ip uint32 // offset of the outer IPv4 header
+	switch link {
+	case layers.LinkTypeEthernet:
+		ip = etherLen
+		p.linkEthernet()
+	case layers.LinkTypeRaw:
+		p.linkRaw()
+	default:
+		return nil, fmt.Errorf("building filter: unsupported link type %s", link)
+	}
+	p.outer(ip)
+	return p.resolve()
+}
+
+// Assemble builds the program and assembles it for SO_ATTACH_FILTER.
+func Assemble(link layers.LinkType, opts Options) ([]bpf.RawInstruction, error) {
+	insns, err := Build(link, opts)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := bpf.Assemble(insns)
+	if err != nil {
+		return nil, fmt.Errorf("assembling filter: %w", err)
+	}
+	return raw, nil
+}
+
+func validate(m trace.Match) error {
+	switch m.Proto {
+	case trace.TCP, trace.UDP, trace.ICMP:
+	default:
+		return fmt.Errorf("building filter: unknown protocol %q", m.Proto)
+	}
+	for _, a := range m.Addrs {
+		if !a.Unmap().Is4() {
+			return fmt.Errorf("building filter: address %s is not IPv4", a)
+		}
+	}
+	return nil
+}
+
+// label names an instruction position; it is resolved once the program is
+// complete, so that branches can point forward.
+type label int
+
+// Special targets: the next instruction, and the two returns.
+const (
+	next label = -1 - iota
+	accept
+	acceptWhole
+	reject
+)
+
+// branch is a conditional jump whose targets are labels.
+type branch struct {
+	cond     bpf.JumpTest
+	val      uint32
+	yes, no  label
+	position int
+}
+
+// program is a BPF program under construction.
+type program struct {
+	opts    Options
+	keep    uint32
+	insns   []bpf.Instruction
+	labels  []int // labels[l] is the position of label l, -1 until placed
+	pending []branch
+}
+
+func (p *program) emit(insns ...bpf.Instruction) { p.insns = append(p.insns, insns...) }
+
+func (p *program) newLabel() label {
+	p.labels = append(p.labels, -1)
+	return label(len(p.labels) - 1)
+}
+
+func (p *program) place(l label) { p.labels[l] = len(p.insns) }
+
+// jump tests A against val and goes to yes or no.
+func (p *program) jump(cond bpf.JumpTest, val uint32, yes, no label) {
+	p.pending = append(p.pending, branch{cond: cond, val: val, yes: yes, no: no, position: len(p.insns)})
+	p.emit(nil) // filled in by resolve
+}
+
+// goTo jumps unconditionally.
+func (p *program) goTo(l label) { p.jump(bpf.JumpEqual, 0, l, l) }
+
+// loadAt loads size bytes at offset X+off into A.
+func (p *program) loadAt(off uint32, size int) { p.emit(bpf.LoadIndirect{Off: off, Size: size}) }
+
+// advanceX adds the header length of the IPv4 header at X+off to X.
+func (p *program) advanceX(off uint32) {
+	p.emit(
+		bpf.LoadIndirect{Off: off, Size: 1},
+		bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0x0f},
+		bpf.ALUOpConstant{Op: bpf.ALUOpShiftLeft, Val: 2},
+		bpf.ALUOpX{Op: bpf.ALUOpAdd},
+		bpf.TAX{},
+	)
+}
+
+// linkEthernet keeps ARP and passes IPv4 on.
+func (p *program) linkEthernet() {
+	p.emit(bpf.LoadAbsolute{Off: etherType, Size: 2})
+	p.jump(bpf.JumpEqual, etherTypeARP, accept, next)
+	p.jump(bpf.JumpEqual, etherTypeIPv4, next, reject)
+}
+
+// linkRaw passes IPv4 on; raw IP links carry no ARP.
+func (p *program) linkRaw() {
+	p.emit(
+		bpf.LoadAbsolute{Off: 0, Size: 1},
+		bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0xf0},
+	)
+	p.jump(bpf.JumpEqual, 0x40, next, reject)
+}
+
+// outer matches the IPv4 header at ip: the flow itself, or a tunnel
+// carrying it.
+func (p *program) outer(ip uint32) {
+	tunnels := p.newLabel()
+	p.emit(bpf.LoadConstant{Dst: bpf.RegX, Val: 0})
+	p.flow(ip, tunnels)
+
+	p.place(tunnels)
+	ipip, udp := p.newLabel(), p.newLabel()
+	p.emit(bpf.LoadConstant{Dst: bpf.RegX, Val: 0})
+	p.loadAt(ip+ipFlagsFrag, 2)
+	p.jump(bpf.JumpBitsSet, fragOffset, reject, next)
+	p.loadAt(ip+ipProto, 1)
+	p.jump(bpf.JumpEqual, protoIPIP, ipip, next)
+	p.jump(bpf.JumpEqual, protoUDP, udp, reject)
+
+	// IPIP: the inner header follows the outer one.
+	p.place(ipip)
+	p.advanceX(ip)
+	p.flow(ip, reject)
+
+	// VXLAN: UDP to port 4789 carrying an Ethernet frame with IPv4 in it.
+	p.place(udp)
+	p.advanceX(ip)
+	p.loadAt(ip+2, 2)
+	p.jump(bpf.JumpEqual, VXLANPort, next, reject)
+	p.loadAt(ip+udpHeaderLen+vxlanLen+etherType, 2)
+	p.jump(bpf.JumpEqual, etherTypeIPv4, next, reject)
+	p.flow(ip+vxlanInnerIP, reject)
+}
+
+// flow matches the IPv4 header at X+ip against the traced flow and DNS; it
+// returns from the program on a match and goes to fail otherwise, with X
+// clobbered.
+func (p *program) flow(ip uint32, fail label) {
+	if p.opts.DNS {
+		p.emit(bpf.StoreScratch{Src: bpf.RegX, N: scratchHeaderBase})
+		p.dns(ip)
+		p.emit(bpf.LoadScratch{Dst: bpf.RegX, N: scratchHeaderBase})
+	}
+	m := p.opts.Match
+	p.loadAt(ip+ipProto, 1)
+	if m.Proto == trace.ICMP {
+		p.jump(bpf.JumpEqual, protoICMP, next, fail)
+		p.addresses(ip, fail)
+		return
+	}
+	icmp := p.newLabel()
+	p.jump(bpf.JumpEqual, uint32(m.Proto.Number()), next, icmp)
+	p.loadAt(ip+ipFlagsFrag, 2)
+	p.jump(bpf.JumpBitsSet, fragOffset, fail, next)
+	p.advanceX(ip)
+	p.ports(ip, fail)
+
+	// An ICMP error quoting the flow's header: unreachable or TTL exceeded.
+	p.place(icmp)
+	quoted := p.newLabel()
+	p.jump(bpf.JumpEqual, protoICMP, next, fail)
+	p.advanceX(ip)
+	p.loadAt(ip, 1)
+	p.jump(bpf.JumpEqual, icmpUnreachable, quoted, next)
+	p.jump(bpf.JumpEqual, icmpTimeExceeded, quoted, fail)
+	p.place(quoted)
+	p.loadAt(ip+icmpHeaderLen+ipProto, 1)
+	p.jump(bpf.JumpEqual, uint32(m.Proto.Number()), next, fail)
+	p.advanceX(ip + icmpHeaderLen)
+	p.ports(ip+icmpHeaderLen, fail)
+}
+
+// ports accepts when either port of the TCP or UDP header at X+l4 is the
+// traced one; a zero port accepts every packet of the protocol.
+func (p *program) ports(l4 uint32, fail label) {
+	port := uint32(p.opts.Match.Port)
+	if port == 0 {
+		p.goTo(accept)
+		return
+	}
+	p.loadAt(l4, 2)
+	p.jump(bpf.JumpEqual, port, accept, next)
+	p.loadAt(l4+2, 2)
+	p.jump(bpf.JumpEqual, port, accept, fail)
+}
+
+// addresses accepts when the source or destination of the IPv4 header at
+// X+ip is one of the traced addresses; no addresses accept every packet.
+func (p *program) addresses(ip uint32, fail label) {
+	addrs := p.opts.Match.Addrs
+	if len(addrs) == 0 {
+		p.goTo(accept)
+		return
+	}
+	for _, field := range []uint32{ipSrc, ipDst} {
+		p.loadAt(ip+field, 4)
+		for _, a := range addrs {
+			p.jump(bpf.JumpEqual, addrValue(a), accept, next)
+		}
+	}
+	p.goTo(fail)
+}
+
+// dns keeps UDP from or to port 53 whole; otherwise it falls through.
+func (p *program) dns(ip uint32) {
+	notDNS := p.newLabel()
+	p.loadAt(ip+ipProto, 1)
+	p.jump(bpf.JumpEqual, protoUDP, next, notDNS)
+	p.loadAt(ip+ipFlagsFrag, 2)
+	p.jump(bpf.JumpBitsSet, fragOffset, notDNS, next)
+	p.advanceX(ip)
+	p.loadAt(ip, 2)
+	p.jump(bpf.JumpEqual, dnsPort, acceptWhole, next)
+	p.loadAt(ip+2, 2)
+	p.jump(bpf.JumpEqual, dnsPort, acceptWhole, notDNS)
+	p.place(notDNS)
+}
+
+func addrValue(a netip.Addr) uint32 {
+	b := a.Unmap().As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+// errTooFar is returned when a branch spans more than a classic BPF jump can.
+var errTooFar = errors.New("branch spans more than 255 instructions: too many addresses")
+
+// resolve appends the returns and turns labelled branches into relative jumps.
+func (p *program) resolve() ([]bpf.Instruction, error) {
+	returns := map[label]int{}
+	for _, r := range []struct {
+		l   label
+		val uint32
+	}{{accept, p.keep}, {acceptWhole, Whole}, {reject, 0}} {
+		returns[r.l] = len(p.insns)
+		p.emit(bpf.RetConstant{Val: r.val})
+	}
+	// skip is the distance from the instruction after b to l.
+	skip := func(b branch, l label) int {
+		switch {
+		case l == next:
+			return 0
+		case l < 0:
+			return returns[l] - b.position - 1
+		default:
+			return p.labels[l] - b.position - 1
+		}
+	}
+	for _, b := range p.pending {
+		yes, no := skip(b, b.yes), skip(b, b.no)
+		if b.yes == b.no {
+			p.insns[b.position] = bpf.Jump{Skip: uint32(yes)}
+			continue
+		}
+		if yes > 255 || no > 255 {
+			return nil, fmt.Errorf("building filter: %w", errTooFar)
+		}
+		p.insns[b.position] = bpf.JumpIf{Cond: b.cond, Val: b.val, SkipTrue: uint8(yes), SkipFalse: uint8(no)}
+	}
+	return p.insns, nil
+}

@@ -1,0 +1,197 @@
+package filter
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/google/gopacket/layers"
+	"golang.org/x/net/bpf"
+
+	"github.com/kubectl-nettrace/nettrace/capture/internal/testpackets"
+	"github.com/kubectl-nettrace/nettrace/trace"
+)
+
+var (
+	pod     = netip.MustParseAddr("172.16.1.5")
+	svc     = netip.MustParseAddr("10.96.0.10")
+	other   = netip.MustParseAddr("172.16.2.9")
+	nodeA   = netip.MustParseAddr("192.168.10.101")
+	nodeB   = netip.MustParseAddr("192.168.10.102")
+	gateway = netip.MustParseAddr("169.254.1.1")
+)
+
+func ap(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a, port) }
+
+// run executes the program on packet and returns the number of bytes kept,
+// capped at the packet's length as the kernel does.
+func run(t *testing.T, link layers.LinkType, opts Options, packet []byte) int {
+	t.Helper()
+	insns, err := Build(link, opts)
+	if err != nil {
+		t.Fatalf("Build: %v", err)
+	}
+	if _, err := bpf.Assemble(insns); err != nil {
+		t.Fatalf("Assemble: %v", err)
+	}
+	vm, err := bpf.NewVM(insns)
+	if err != nil {
+		t.Fatalf("NewVM: %v", err)
+	}
+	n, err := vm.Run(packet)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	return min(n, len(packet))
+}
+
+// kept returns the bytes a program with opts should keep of packet.
+func kept(opts Options, packet []byte, match bool) int {
+	switch {
+	case !match:
+		return 0
+	case opts.Snaplen == 0:
+		return len(packet)
+	}
+	return min(int(opts.Snaplen), len(packet))
+}
+
+func TestFilterTCPUDP(t *testing.T) {
+	udp := Options{Match: trace.Match{Proto: trace.UDP, Port: 40001}, Snaplen: 64}
+	tcp := Options{Match: trace.Match{Proto: trace.TCP, Port: 40001}, Snaplen: 64}
+	payload := make([]byte, 500)
+	request := testpackets.UDP(ap(pod, 40001), ap(svc, 53), payload)
+	reply := testpackets.UDP(ap(svc, 53), ap(pod, 40001), payload)
+	unrelated := testpackets.UDP(ap(pod, 40002), ap(svc, 53), payload)
+	syn := testpackets.TCPSyn(ap(pod, 40001), ap(svc, 80))
+	unreachable := testpackets.ICMPError(nodeA, pod, 3, 3, request)
+	unreachableOther := testpackets.ICMPError(nodeA, pod, 3, 3, unrelated)
+	echo := testpackets.ICMPEcho(pod, svc, 40001, 1)
+
+	tests := []struct {
+		name   string
+		opts   Options
+		packet []byte
+		kept   bool
+	}{
+		{"udp request", udp, request, true},
+		{"udp reply", udp, reply, true},
+		{"udp other port", udp, unrelated, false},
+		{"tcp packet for udp match", udp, syn, false},
+		{"tcp syn", tcp, syn, true},
+		{"udp packet for tcp match", tcp, request, false},
+		{"icmp unreachable quoting the flow", udp, unreachable, true},
+		{"icmp unreachable quoting another flow", udp, unreachableOther, false},
+		{"icmp echo for udp match", udp, echo, false},
+		{"udp over ipip", udp, testpackets.IPIP(nodeA, nodeB, request), true},
+		{"other udp over ipip", udp, testpackets.IPIP(nodeA, nodeB, unrelated), false},
+		{"udp over vxlan", udp, testpackets.VXLAN(nodeA, nodeB, 4096, request), true},
+		{"other udp over vxlan", udp, testpackets.VXLAN(nodeA, nodeB, 4096, unrelated), false},
+		{"dns not asked", udp, testpackets.DNSQuery(ap(pod, 33333), ap(svc, 53), 7, "x."), false},
+		{"any port", Options{Match: trace.Match{Proto: trace.UDP}}, unrelated, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, link := range []layers.LinkType{layers.LinkTypeRaw, layers.LinkTypeEthernet} {
+				packet := tc.packet
+				if link == layers.LinkTypeEthernet {
+					packet = testpackets.EthernetIPv4(packet)
+				}
+				want := kept(tc.opts, packet, tc.kept)
+				if got := run(t, link, tc.opts, packet); got != want {
+					t.Errorf("%s: kept %d bytes, want %d", link, got, want)
+				}
+			}
+		})
+	}
+}
+
+func TestFilterICMP(t *testing.T) {
+	opts := Options{Match: trace.Match{Proto: trace.ICMP, Addrs: []netip.Addr{svc, pod}}, Snaplen: 96}
+	tests := []struct {
+		name   string
+		packet []byte
+		kept   bool
+	}{
+		{"echo to traced address", testpackets.ICMPEcho(other, svc, 1, 1), true},
+		{"echo from traced address", testpackets.ICMPEcho(pod, other, 1, 1), true},
+		{"echo between others", testpackets.ICMPEcho(other, nodeA, 1, 1), false},
+		{"udp to traced address", testpackets.UDP(ap(other, 1), ap(svc, 2), nil), false},
+		{"echo over ipip", testpackets.IPIP(nodeA, nodeB, testpackets.ICMPEcho(other, svc, 1, 1)), true},
+		{"echo over vxlan", testpackets.VXLAN(nodeA, nodeB, 1, testpackets.ICMPEcho(pod, other, 1, 1)), true},
+		{"other echo over vxlan", testpackets.VXLAN(nodeA, nodeB, 1, testpackets.ICMPEcho(other, nodeA, 1, 1)), false},
+	}
+	for _, tc := range tests {
+		if got, want := run(t, layers.LinkTypeRaw, opts, tc.packet), kept(opts, tc.packet, tc.kept); got != want {
+			t.Errorf("%s: kept %d bytes, want %d", tc.name, got, want)
+		}
+	}
+}
+
+func TestFilterDNSKeptWhole(t *testing.T) {
+	opts := Options{Match: trace.Match{Proto: trace.TCP, Port: 40001}, DNS: true, Snaplen: 64}
+	query := testpackets.DNSQuery(ap(pod, 33333), ap(svc, 53), 7, "kubernetes.default.svc.cluster.local.")
+	answer := testpackets.UDP(ap(svc, 53), ap(pod, 33333),
+		testpackets.DNSMessage(7, "kubernetes.default.svc.cluster.local.", true, []netip.Addr{svc}))
+	tunnelled := testpackets.IPIP(nodeA, nodeB, query)
+	for name, packet := range map[string][]byte{"query": query, "answer": answer, "ipip query": tunnelled} {
+		if got := run(t, layers.LinkTypeRaw, opts, packet); got != len(packet) {
+			t.Errorf("%s: kept %d bytes, want all %d", name, got, len(packet))
+		}
+	}
+	// The flow itself still matches, headers only.
+	syn := testpackets.TCPSyn(ap(pod, 40001), ap(svc, 80))
+	if got := run(t, layers.LinkTypeRaw, opts, syn); got != min(64, len(syn)) {
+		t.Errorf("tcp flow with dns on: kept %d bytes, want %d", got, min(64, len(syn)))
+	}
+	if got := run(t, layers.LinkTypeRaw, opts, testpackets.UDP(ap(pod, 40001), ap(svc, 54), nil)); got != 0 {
+		t.Errorf("udp to port 54: kept %d bytes, want 0", got)
+	}
+}
+
+func TestFilterARP(t *testing.T) {
+	opts := Options{Match: trace.Match{Proto: trace.TCP, Port: 40001}, Snaplen: 128}
+	request := testpackets.ARPRequest(testpackets.MACA, pod, gateway)
+	reply := testpackets.ARPReply(testpackets.ProxyMAC, gateway, testpackets.MACA, pod)
+	for name, packet := range map[string][]byte{"request": request, "reply": reply} {
+		if got := run(t, layers.LinkTypeEthernet, opts, packet); got != len(packet) {
+			t.Errorf("arp %s: kept %d bytes, want %d", name, got, len(packet))
+		}
+	}
+	ipv6 := testpackets.Ethernet(testpackets.MACA, testpackets.MACB, layers.EthernetTypeIPv6, make([]byte, 60))
+	if got := run(t, layers.LinkTypeEthernet, opts, ipv6); got != 0 {
+		t.Errorf("ipv6 frame: kept %d bytes, want 0", got)
+	}
+}
+
+func TestFilterRejectsFragments(t *testing.T) {
+	opts := Options{Match: trace.Match{Proto: trace.UDP, Port: 40001}}
+	packet := testpackets.UDP(ap(pod, 1234), ap(svc, 5678), []byte{0x9c, 0x41, 0x9c, 0x41})
+	// Make it a later fragment whose payload happens to start with the port.
+	packet[6], packet[7] = 0x00, 0x01
+	packet = append(packet[:20], packet[28:]...)
+	packet[3] = byte(len(packet))
+	if got := run(t, layers.LinkTypeRaw, opts, packet); got != 0 {
+		t.Errorf("later fragment kept %d bytes, want 0", got)
+	}
+}
+
+func TestBuildErrors(t *testing.T) {
+	if _, err := Build(layers.LinkTypeRaw, Options{Match: trace.Match{Proto: "sctp"}}); err == nil {
+		t.Error("unknown protocol: no error")
+	}
+	v6 := Options{Match: trace.Match{Proto: trace.ICMP, Addrs: []netip.Addr{netip.MustParseAddr("fd00::1")}}}
+	if _, err := Build(layers.LinkTypeRaw, v6); err == nil {
+		t.Error("IPv6 address: no error")
+	}
+	if _, err := Build(layers.LinkTypePPP, Options{Match: trace.Match{Proto: trace.TCP}}); err == nil {
+		t.Error("PPP link: no error")
+	}
+	many := Options{Match: trace.Match{Proto: trace.ICMP}}
+	for i := range 200 {
+		many.Match.Addrs = append(many.Match.Addrs, netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}))
+	}
+	if _, err := Build(layers.LinkTypeRaw, many); !errors.Is(err, errTooFar) {
+		t.Errorf("200 addresses: err %v, want %v", err, errTooFar)
+	}
+}
