@@ -55,8 +55,8 @@ const ExternalNetns = NetnsPrefix + "external"
 const externalBridge = "br-underlay"
 
 // Addresses inside the outside world that the lab's tests and examples use.
-// They come from the documentation ranges (RFC 5737), live on a dummy
-// interface of ExternalNetns, and are never routed off the machine.
+// They come from the documentation ranges (RFC 5737), live on the loopback
+// device of ExternalNetns, and are never routed off the machine.
 var (
 	UpstreamDNSIP = netip.MustParseAddr("198.51.100.53")
 	ExternalWebIP = netip.MustParseAddr("203.0.113.100")
@@ -120,7 +120,7 @@ func (t *Topology) Create() error {
 }
 
 // createExternal sets up the outside world: the underlay bridge with the
-// gateway address, and a dummy interface holding the "internet" addresses.
+// gateway address, and the "internet" addresses.
 func (t *Topology) createExternal(ext netns.NsHandle) error {
 	h, err := netlink.NewHandleAt(ext)
 	if err != nil {
@@ -137,19 +137,19 @@ func (t *Topology) createExternal(ext netns.NsHandle) error {
 	if err := ensureAddr(h, br, netip.PrefixFrom(t.Gateway, t.Underlay.Bits())); err != nil {
 		return err
 	}
-	inet, err := ensureLink(h, &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "internet0"}})
+	// The "internet" addresses live on the loopback device: this kernel
+	// has no dummy interfaces, and lo delivers them just as well.
+	lo, err := h.LinkByName("lo")
 	if err != nil {
-		return err
+		return fmt.Errorf("finding lo: %w", err)
 	}
 	for _, a := range []netip.Addr{UpstreamDNSIP, ExternalWebIP} {
-		if err := ensureAddr(h, inet, netip.PrefixFrom(a, 32)); err != nil {
+		if err := ensureAddr(h, lo, netip.PrefixFrom(a, 32)); err != nil {
 			return err
 		}
 	}
-	for _, l := range []netlink.Link{br, inet} {
-		if err := h.LinkSetUp(l); err != nil {
-			return fmt.Errorf("setting %s up: %w", l.Attrs().Name, err)
-		}
+	if err := h.LinkSetUp(br); err != nil {
+		return fmt.Errorf("setting %s up: %w", externalBridge, err)
 	}
 	return writeSysctl(ExternalNetns, "net/ipv4/ip_forward", "1")
 }

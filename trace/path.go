@@ -1,8 +1,8 @@
 // Package trace is the model of a traced packet path: the flow being
 // followed, the hops observed on each node, and the verdict at the end. The
-// event sources (trace/nflog, trace/nftrace, trace/conntrack, capture/ and
-// trace/route) produce Hops; the correlator orders them into a Path. The JSON
-// form of Path is the versioned schema described in docs/schema.md.
+// event sources (trace/netfilter, trace/conntrack, capture/ and trace/route)
+// produce Hops; trace/correlate orders them into a Path. The JSON form of
+// Path is the versioned schema described in docs/schema.md.
 package trace
 
 import (

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubectl-nettrace/nettrace/lab/controlplane"
+	"github.com/kubectl-nettrace/nettrace/lab/proc"
 )
 
 // Server is a running API server.
@@ -41,6 +43,9 @@ type Server struct {
 	mu        sync.Mutex
 	listeners []net.Listener
 }
+
+// netnsPrefix names the netns of a test server, followed by the test's pid.
+const netnsPrefix = "nt-apitest-"
 
 var (
 	shared   *Server
@@ -80,11 +85,12 @@ func BinDir() string {
 }
 
 func start() (*Server, error) {
+	removeStale()
 	dir, err := os.MkdirTemp("", "nettrace-apitest-")
 	if err != nil {
 		return nil, fmt.Errorf("creating state directory: %w", err)
 	}
-	s := &Server{dir: dir, netnsName: "nt-apitest-" + strconv.Itoa(os.Getpid())}
+	s := &Server{dir: dir, netnsName: netnsPrefix + strconv.Itoa(os.Getpid())}
 	if err := s.boot(); err != nil {
 		s.stop()
 		return nil, err
@@ -97,7 +103,7 @@ func start() (*Server, error) {
 var advertiseIP = net.IPv4(10, 255, 0, 1)
 
 func (s *Server) boot() error {
-	if err := controlplane.CheckBinaries(BinDir()); err != nil {
+	if err := controlplane.CheckBinaries(BinDir(), "etcd", "kube-apiserver"); err != nil {
 		return err
 	}
 	if err := run("ip", "netns", "add", s.netnsName); err != nil {
@@ -106,13 +112,9 @@ func (s *Server) boot() error {
 	if err := run("ip", "-n", s.netnsName, "link", "set", "lo", "up"); err != nil {
 		return err
 	}
-	if err := run("ip", "-n", s.netnsName, "link", "add", "dummy0", "type", "dummy"); err != nil {
-		return err
-	}
-	if err := run("ip", "-n", s.netnsName, "addr", "add", advertiseIP.String()+"/32", "dev", "dummy0"); err != nil {
-		return err
-	}
-	if err := run("ip", "-n", s.netnsName, "link", "set", "dummy0", "up"); err != nil {
+	// The address the API server advertises lives on the netns loopback
+	// device: this kernel has no dummy interfaces.
+	if err := run("ip", "-n", s.netnsName, "addr", "add", advertiseIP.String()+"/32", "dev", "lo"); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -227,6 +229,21 @@ func (s *Server) stop() {
 	_ = controlplane.StopAll(filepath.Join(s.dir, "run"))
 	_ = run("ip", "netns", "del", s.netnsName)
 	_ = os.RemoveAll(s.dir)
+}
+
+// removeStale deletes the netns of test servers whose process is gone, as
+// after a SIGKILL; their control-plane processes died with it.
+func removeStale() {
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		pid, ok := strings.CutPrefix(e.Name(), netnsPrefix)
+		if !ok {
+			continue
+		}
+		if n, err := strconv.Atoi(pid); err == nil && !proc.Alive(n) {
+			_ = run("ip", "netns", "del", e.Name())
+		}
+	}
 }
 
 func run(argv ...string) error {

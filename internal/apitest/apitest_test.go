@@ -8,6 +8,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -30,6 +31,15 @@ func TestServerServesFromHostAndFromAnotherNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { other.Close(); _ = testutils.UnmountNS(other) })
+	if err := other.Do(func(ns.NetNS) error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(lo)
+	}); err != nil {
+		t.Fatal(err)
+	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", srv.KubeconfigIn(t, other.Path()))
 	if err != nil {
 		t.Fatal(err)

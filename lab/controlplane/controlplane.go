@@ -19,6 +19,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
+
 	"github.com/kubectl-nettrace/nettrace/lab/pki"
 	"github.com/kubectl-nettrace/nettrace/lab/proc"
 )
@@ -71,9 +73,13 @@ func (c *Config) LogDir() string { return filepath.Join(c.Dir, "log") }
 
 func (c *Config) bin(name string) string { return filepath.Join(c.BinDir, name) }
 
-// CheckBinaries reports a clear error when the control plane is not built.
-func CheckBinaries(binDir string) error {
-	for _, b := range Binaries {
+// CheckBinaries reports a clear error when the named binaries (all of them
+// when none is named) are not built.
+func CheckBinaries(binDir string, names ...string) error {
+	if len(names) == 0 {
+		names = Binaries
+	}
+	for _, b := range names {
 		if _, err := os.Stat(filepath.Join(binDir, b)); err != nil {
 			return fmt.Errorf("control-plane binary %s is missing in %s: run `make controlplane` (a cold build takes about 7 minutes)", b, binDir)
 		}
@@ -93,7 +99,7 @@ type ControlPlane struct {
 // Start starts etcd and kube-apiserver, or finds them already running, and
 // waits until the API server is ready.
 func Start(ctx context.Context, cfg *Config) (*ControlPlane, error) {
-	if err := CheckBinaries(cfg.BinDir); err != nil {
+	if err := CheckBinaries(cfg.BinDir, "etcd", "kube-apiserver"); err != nil {
 		return nil, err
 	}
 	ca, err := pki.LoadOrCreateCA(cfg.PKIDir())
@@ -313,10 +319,20 @@ func (cp *ControlPlane) httpClient() (*http.Client, error) {
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, errors.New("CA file holds no certificate")
 	}
-	return &http.Client{
-		Timeout:   2 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}},
-	}, nil
+	transport := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}
+	if cp.cfg.Netns != "" {
+		// Dial from inside the control plane's netns: the advertise address
+		// is only routed there, and must never be looked for elsewhere.
+		nsPath := "/run/netns/" + cp.cfg.Netns
+		transport.DialContext = func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
+			err = ns.WithNetNSPath(nsPath, func(ns.NetNS) error {
+				conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return conn, err
+		}
+	}
+	return &http.Client{Timeout: 2 * time.Second, Transport: transport}, nil
 }
 
 // Stop stops every control-plane process, the controllers first.
