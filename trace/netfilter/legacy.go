@@ -1,0 +1,166 @@
+package netfilter
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/kubectl-nettrace/nettrace/trace"
+	"github.com/kubectl-nettrace/nettrace/trace/netfilter/ruleset"
+)
+
+// The iptables-legacy commands. The restore runs with --noflush, so that it
+// changes only the lines it is given, and waits for the xtables lock, so
+// that a concurrent kube-proxy iptables-restore loses nobody's rules.
+var (
+	legacySave    = []string{"iptables-legacy-save"}
+	legacyRestore = []string{"iptables-legacy-restore", "--noflush", "--wait=30"}
+)
+
+// legacyHooks are the raw chains a session's jump rule goes into.
+var legacyHooks = []string{"PREROUTING", "OUTPUT"}
+
+// legacyArmScript returns the iptables-restore input that arms a session:
+// its own chain in the raw table, reached by one rate-limited jump rule at
+// the top of PREROUTING and OUTPUT that carries the session tag, holding the
+// TRACE rules.
+func legacyArmScript(s Session, m trace.Match, rate, burst int) string {
+	chain := s.legacyChain()
+	var jumpMatch string
+	var traceRules []string
+	switch m.Proto {
+	case trace.TCP, trace.UDP:
+		// multiport --ports matches the port as source or destination.
+		jumpMatch = fmt.Sprintf("-p %s -m multiport --ports %d", m.Proto, m.Port)
+		traceRules = []string{"-j TRACE"}
+	case trace.ICMP:
+		jumpMatch = "-p icmp"
+		for _, a := range m.Addrs {
+			traceRules = append(traceRules, fmt.Sprintf("-s %s/32 -j TRACE", a), fmt.Sprintf("-d %s/32 -j TRACE", a))
+		}
+	}
+	var sb strings.Builder
+	sb.WriteString("*raw\n")
+	fmt.Fprintf(&sb, ":%s - [0:0]\n", chain)
+	for _, hook := range legacyHooks {
+		fmt.Fprintf(&sb, "-I %s 1 %s -m comment --comment %s -m limit --limit %d/second --limit-burst %d -j %s\n",
+			hook, jumpMatch, s.Tag(), rate, burst, chain)
+	}
+	for _, r := range traceRules {
+		fmt.Fprintf(&sb, "-A %s %s\n", chain, r)
+	}
+	sb.WriteString("COMMIT\n")
+	return sb.String()
+}
+
+// legacySessions finds the sessions that left rules in an
+// iptables-legacy-save dump: by the tag on their jump rules, and by the name
+// of their chains, so that a chain whose jumps are gone is found too.
+func legacySessions(save *ruleset.Save) map[string]Session {
+	found := map[string]Session{}
+	for _, t := range save.Tables {
+		for _, name := range t.ChainOrder {
+			if id, ok := strings.CutPrefix(name, legacyChainPrefix); ok && validID(id) {
+				if _, seen := found[id]; !seen {
+					found[id] = Session{ID: id}
+				}
+			}
+			for _, rule := range t.Chains[name].Rules {
+				if s, ok := parseTag(ruleset.Comment(rule)); ok {
+					found[s.ID] = s
+				}
+			}
+		}
+	}
+	return found
+}
+
+// legacyDisarmScript returns the iptables-restore input that removes what
+// the sessions with the given ids added: their tagged rules, deleted by
+// their exact text, then their chains. It returns "" when there is nothing.
+func legacyDisarmScript(save *ruleset.Save, ids map[string]bool) string {
+	var sb strings.Builder
+	tables := make([]string, 0, len(save.Tables))
+	for name := range save.Tables {
+		tables = append(tables, name)
+	}
+	slices.Sort(tables)
+	for _, name := range tables {
+		t := save.Tables[name]
+		var deletes, chains []string
+		for _, chain := range t.ChainOrder {
+			for _, rule := range t.Chains[chain].Rules {
+				if s, ok := parseTag(ruleset.Comment(rule)); ok && ids[s.ID] {
+					deletes = append(deletes, "-D"+strings.TrimPrefix(rule, "-A"))
+				}
+			}
+			if id, ok := strings.CutPrefix(chain, legacyChainPrefix); ok && ids[id] {
+				chains = append(chains, chain)
+			}
+		}
+		if len(deletes) == 0 && len(chains) == 0 {
+			continue
+		}
+		fmt.Fprintf(&sb, "*%s\n", name)
+		for _, d := range deletes {
+			sb.WriteString(d + "\n")
+		}
+		for _, c := range chains {
+			fmt.Fprintf(&sb, "-F %s\n-X %s\n", c, c)
+		}
+		sb.WriteString("COMMIT\n")
+	}
+	return sb.String()
+}
+
+// legacyHasRules reports whether an iptables-legacy-save dump holds rules
+// other than nettrace's: a rule, a user chain, or a built-in chain whose
+// policy is not ACCEPT.
+func legacyHasRules(save *ruleset.Save) bool {
+	for _, t := range save.Tables {
+		for _, c := range t.Chains {
+			if strings.HasPrefix(c.Name, legacyChainPrefix) {
+				continue
+			}
+			if c.Policy != "ACCEPT" { // a user chain, or a policy that filters
+				return true
+			}
+			for _, rule := range c.Rules {
+				if !strings.HasPrefix(ruleset.Comment(rule), tagPrefix) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// readLegacy reads iptables-legacy-save in the namespace.
+func readLegacy(h *netnsHandle) (*ruleset.Save, error) {
+	out, err := h.run("", legacySave[0], legacySave[1:]...)
+	if err != nil {
+		return nil, err
+	}
+	save, err := ruleset.ParseSave(string(out))
+	if err != nil {
+		return nil, fmt.Errorf("parsing iptables-legacy-save: %w", err)
+	}
+	return save, nil
+}
+
+// removeLegacySessions removes the legacy rules and chains of the sessions
+// with the given ids.
+func removeLegacySessions(h *netnsHandle, ids map[string]bool) error {
+	save, err := readLegacy(h)
+	if err != nil {
+		return err
+	}
+	script := legacyDisarmScript(save, ids)
+	if script == "" {
+		return nil
+	}
+	if _, err := h.run(script, legacyRestore[0], legacyRestore[1:]...); err != nil {
+		return fmt.Errorf("removing legacy trace rules: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,364 @@
+// Package netfilter traces the iptables and nftables rules that one flow's
+// packets hit in one network namespace, on both backends: iptables-legacy
+// (TRACE rules, events over nfnetlink_log) and nf_tables (nftrace, events
+// over NFNLGRP_NFTRACE), and removes everything it added when it closes, or,
+// after the tracer was killed, when CleanupStale or CleanupAll runs.
+// docs/netfilter-trace.md describes both mechanisms and what is restored.
+package netfilter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/kubectl-nettrace/nettrace/trace"
+	"github.com/kubectl-nettrace/nettrace/trace/netfilter/nflogtrace"
+	"github.com/kubectl-nettrace/nettrace/trace/netfilter/nfttrace"
+	"github.com/kubectl-nettrace/nettrace/trace/netfilter/ruleset"
+)
+
+// Backend names a netfilter backend.
+type Backend string
+
+// The backends, as trace.Rule.Backend names them.
+const (
+	Legacy Backend = "legacy"
+	Nft    Backend = "nft"
+)
+
+// Sources, as trace.Hop.Source names them.
+const (
+	SourceNflog   = "nflog"
+	SourceNftrace = "nftrace"
+)
+
+// Defaults and bounds of Options.
+const (
+	DefaultRate       = 100
+	DefaultBurst      = 200
+	DefaultReadBuffer = 4 << 20
+	// MaxRate and MaxBurst are the most iptables' limit match takes.
+	MaxRate  = 10000
+	MaxBurst = 10000
+)
+
+// Options configure a Tracer.
+type Options struct {
+	// Node and Netns label the hops.
+	Node  string
+	Netns string
+	// Match selects the traced packets. The tracer handles IPv4.
+	Match trace.Match
+	// Backends are the backends to trace; empty means those that hold rules
+	// in the namespace when Arm runs.
+	Backends []Backend
+	// Rate and Burst limit how many packets per second the tracer marks.
+	Rate  int
+	Burst int
+	// ReadBuffer is the receive buffer of the event sockets, in bytes.
+	ReadBuffer int
+}
+
+// Tracer follows one flow through the netfilter rules of one network
+// namespace. It implements trace.Source.
+type Tracer struct {
+	opts    Options
+	session Session
+
+	netns   *netnsHandle
+	rules   *ruleset.Reader
+	links   *linkNames
+	backend struct{ legacy, nft bool }
+	// armed says which marker Arm put in place: one only, since
+	// skb->nf_trace set by either makes both backends report.
+	armed struct{ legacy, nft bool }
+
+	nflog   *nflogtrace.Reader
+	nftrace *nfttrace.Reader
+	nfLog   *nfLogBinding
+	bound   bool
+
+	emit      func(trace.Hop)
+	packets   traceCache
+	closeOnce sync.Once
+}
+
+var _ trace.Source = (*Tracer)(nil)
+
+// New returns a Tracer; Arm starts it.
+func New(opts Options) (*Tracer, error) {
+	if err := validateMatch(opts.Match); err != nil {
+		return nil, err
+	}
+	for _, b := range opts.Backends {
+		if b != Legacy && b != Nft {
+			return nil, fmt.Errorf("unknown backend %q", b)
+		}
+	}
+	if opts.Rate <= 0 {
+		opts.Rate = DefaultRate
+	}
+	if opts.Rate > MaxRate {
+		return nil, fmt.Errorf("rate %d/second above the %d/second iptables' limit match allows", opts.Rate, MaxRate)
+	}
+	if opts.Burst <= 0 {
+		opts.Burst = DefaultBurst
+	}
+	if opts.Burst > MaxBurst {
+		return nil, fmt.Errorf("burst %d above the %d iptables' limit match allows", opts.Burst, MaxBurst)
+	}
+	if opts.ReadBuffer <= 0 {
+		opts.ReadBuffer = DefaultReadBuffer
+	}
+	s, err := newSession()
+	if err != nil {
+		return nil, err
+	}
+	return &Tracer{opts: opts, session: s}, nil
+}
+
+func validateMatch(m trace.Match) error {
+	switch m.Proto {
+	case trace.TCP, trace.UDP:
+		if m.Port == 0 {
+			return fmt.Errorf("tracing %s needs a port", m.Proto)
+		}
+	case trace.ICMP:
+		if len(m.Addrs) == 0 {
+			return fmt.Errorf("tracing icmp needs an address")
+		}
+	default:
+		return fmt.Errorf("cannot trace protocol %q", m.Proto)
+	}
+	for _, a := range m.Addrs {
+		if !a.Is4() {
+			return fmt.Errorf("cannot trace %s: only IPv4 is traced", a)
+		}
+	}
+	return nil
+}
+
+// Session returns the tracer's session, whose tag marks what it adds.
+func (t *Tracer) Session() Session { return t.session }
+
+// Backends returns the backends Arm found or was told to trace.
+func (t *Tracer) Backends() []Backend {
+	var bs []Backend
+	if t.backend.legacy {
+		bs = append(bs, Legacy)
+	}
+	if t.backend.nft {
+		bs = append(bs, Nft)
+	}
+	return bs
+}
+
+// Arm starts tracing in the calling thread's network namespace. It opens the
+// event sockets first, then binds nf_log to nfnetlink_log (legacy), then
+// arms one marker (see armMarker). On error it removes what it added.
+func (t *Tracer) Arm(ctx context.Context, emit func(trace.Hop)) (err error) {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	t.emit = emit
+	if t.netns, err = currentNetns(); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_, cerr := t.Close()
+			err = errors.Join(err, cerr)
+		}
+	}()
+	if err := t.chooseBackends(); err != nil {
+		return err
+	}
+	t.rules = ruleset.NewReader(t.netns.output, t.backend.legacy, t.backend.nft)
+	if t.links, err = newLinkNames(t.netns); err != nil {
+		return err
+	}
+	if t.backend.nft {
+		if err := t.startNftrace(); err != nil {
+			return err
+		}
+	}
+	if t.backend.legacy {
+		if err := t.startNflog(); err != nil {
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := t.armMarker(); err != nil {
+		return err
+	}
+	if err := t.rules.Refresh(); err != nil {
+		return fmt.Errorf("reading rulesets: %w", err)
+	}
+	return nil
+}
+
+// chooseBackends takes the backends from Options, or finds those that hold
+// rules: legacy tables with rules, chains or policies of their own, or
+// nf_tables tables other than nettrace's. A node without the command of a
+// backend is taken to have no rules there.
+func (t *Tracer) chooseBackends() error {
+	if len(t.opts.Backends) > 0 {
+		t.backend.legacy = slices.Contains(t.opts.Backends, Legacy)
+		t.backend.nft = slices.Contains(t.opts.Backends, Nft)
+		return nil
+	}
+	save, err := readLegacy(t.netns)
+	if err != nil && !commandMissing(err) {
+		return err
+	}
+	tables, err := listNftTables(t.netns)
+	if err != nil && !commandMissing(err) {
+		return err
+	}
+	t.backend.legacy = save != nil && legacyHasRules(save)
+	t.backend.nft = nftHasRules(tables)
+	return nil
+}
+
+func (t *Tracer) startNftrace() error {
+	r, err := nfttrace.Open(nfttrace.Config{NetNS: t.netns.fd(), ReadBuffer: t.opts.ReadBuffer})
+	if err != nil {
+		return err
+	}
+	t.nftrace = r
+	r.Start(t.onNftEvent)
+	return nil
+}
+
+func (t *Tracer) startNflog() error {
+	r, err := nflogtrace.Open(nflogtrace.Config{NetNS: t.netns.fd(), ReadBuffer: t.opts.ReadBuffer})
+	if err != nil {
+		return err
+	}
+	t.nflog = r
+	if err := r.Start(t.onLegacyEvent); err != nil {
+		return fmt.Errorf("%w (does another tracer or nflog listener hold group 0 in this network namespace?)", err)
+	}
+	if t.nfLog, err = newNfLogBinding(t.netns); err != nil {
+		return err
+	}
+	if err := t.nfLog.bind(t.session); err != nil {
+		return err
+	}
+	t.bound = true
+	return nil
+}
+
+// armMarker arms the nft table when nf_tables is traced. For legacy alone it
+// arms the TRACE rules when the legacy raw table exists; when it does not,
+// it prefers the nft table too, because a legacy table, once used, stays in
+// the namespace until the namespace goes, while the nft table is removed
+// whole. Both commands apply their input in one transaction: on error
+// nothing was added.
+func (t *Tracer) armMarker() error {
+	if t.backend.nft {
+		return t.armNftMarker()
+	}
+	if !t.backend.legacy {
+		return nil
+	}
+	save, err := readLegacy(t.netns)
+	if err != nil {
+		return err
+	}
+	if _, ok := save.Tables["raw"]; !ok && t.armNftMarker() == nil {
+		return nil
+	}
+	script := legacyArmScript(t.session, t.opts.Match, t.opts.Rate, t.opts.Burst)
+	if _, err := t.netns.run(script, legacyRestore[0], legacyRestore[1:]...); err != nil {
+		return fmt.Errorf("adding legacy TRACE rules: %w", err)
+	}
+	t.armed.legacy = true
+	return nil
+}
+
+func (t *Tracer) armNftMarker() error {
+	script := nftArmScript(t.session, t.opts.Match, t.opts.Rate, t.opts.Burst)
+	if _, err := t.netns.run(script, "nft", "-f", "-"); err != nil {
+		return fmt.Errorf("adding nftrace table: %w", err)
+	}
+	t.armed.nft = true
+	return nil
+}
+
+// Close removes the marker, stops the readers, restores the nf_log binding
+// and reports the events the sockets lost. Emit is not called once Close
+// returns. Calls after the first do nothing.
+func (t *Tracer) Close() ([]trace.Loss, error) {
+	var (
+		losses []trace.Loss
+		errs   []error
+	)
+	t.closeOnce.Do(func() {
+		if t.netns == nil {
+			return
+		}
+		owned := map[string]bool{t.session.ID: true}
+		if t.armed.nft {
+			errs = append(errs, removeNftSession(t.netns, t.session))
+		}
+		if t.armed.legacy {
+			errs = append(errs, removeLegacySessions(t.netns, owned))
+		}
+		if t.nftrace != nil {
+			stats, err := t.nftrace.Close()
+			errs = append(errs, err)
+			losses = appendLoss(losses, t.nftraceLoss(stats))
+		}
+		if t.nflog != nil {
+			stats, err := t.nflog.Close()
+			errs = append(errs, err)
+			losses = appendLoss(losses, t.nflogLoss(stats))
+		}
+		if t.bound {
+			_, _, err := t.nfLog.restore(func(s Session) bool { return s.ID == t.session.ID })
+			errs = append(errs, err)
+		}
+		if t.links != nil {
+			t.links.close()
+		}
+		errs = append(errs, t.netns.close())
+	})
+	return losses, errors.Join(errs...)
+}
+
+// nflogLoss counts the events nflog lost: the gaps in its sequence numbers
+// when later events showed them, else at least one per overrun.
+func (t *Tracer) nflogLoss(s nflogtrace.Stats) trace.Loss {
+	lost := max(s.Missing, s.Overruns) + s.Undecodable
+	return trace.Loss{
+		Node:   t.opts.Node,
+		Source: SourceNflog,
+		Count:  lost,
+		Detail: fmt.Sprintf("%d receive buffer overruns (ENOBUFS); %d events missing from the nflog sequence; %d undecodable",
+			s.Overruns, s.Missing, s.Undecodable),
+	}
+}
+
+// nftraceLoss counts the events the nftrace socket lost: nf_tables trace
+// events carry no sequence number, so at least one per overrun.
+func (t *Tracer) nftraceLoss(s nfttrace.Stats) trace.Loss {
+	return trace.Loss{
+		Node:   t.opts.Node,
+		Source: SourceNftrace,
+		Count:  s.Overruns + s.Undecodable,
+		Detail: fmt.Sprintf("%d receive buffer overruns (ENOBUFS), each losing one or more events; %d undecodable",
+			s.Overruns, s.Undecodable),
+	}
+}
+
+func appendLoss(losses []trace.Loss, l trace.Loss) []trace.Loss {
+	if l.Count == 0 {
+		return losses
+	}
+	return append(losses, l)
+}

@@ -1,0 +1,229 @@
+package netfilter
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kubectl-nettrace/nettrace/trace"
+	"github.com/kubectl-nettrace/nettrace/trace/netfilter/ruleset"
+)
+
+func TestSessionTag(t *testing.T) {
+	s, err := newSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.PID != os.Getpid() || len(s.ID) != 8 || time.Since(s.Started) > 2*time.Second {
+		t.Fatalf("new session %+v", s)
+	}
+	got, ok := parseTag(s.Tag())
+	if !ok || got != s {
+		t.Errorf("parseTag(%q) = %+v, %v; want %+v", s.Tag(), got, ok, s)
+	}
+	if !s.Alive() {
+		t.Error("this process's session is not alive")
+	}
+	for _, bad := range []string{"", "nettrace:", "nettrace:0a1b2c3d:1700000000", "nettrace:0a1b2c3x:1700000000:1",
+		"nettrace:0a1b2c3d:x:1", "nettrace:0a1b2c3d:1700000000:x", "other:0a1b2c3d:1700000000:1"} {
+		if s, ok := parseTag(bad); ok {
+			t.Errorf("parseTag(%q) = %+v", bad, s)
+		}
+	}
+}
+
+func TestSessionAlive(t *testing.T) {
+	self := Session{ID: "0a1b2c3d", PID: os.Getpid(), Started: time.Now()}
+	for _, tc := range []struct {
+		name string
+		s    Session
+		want bool
+	}{
+		{"this process", self, true},
+		{"no pid", Session{ID: "0a1b2c3d"}, false},
+		{"exited process", Session{ID: "0a1b2c3d", PID: deadPID(t), Started: time.Now()}, false},
+		// pid 1 started long before this session: not reused, alive.
+		{"init", Session{ID: "0a1b2c3d", PID: 1, Started: time.Now()}, true},
+		// A session older than the process with its pid: the pid was reused.
+		{"reused pid", Session{ID: "0a1b2c3d", PID: os.Getpid(), Started: time.Unix(1, 0)}, false},
+	} {
+		if got := tc.s.Alive(); got != tc.want {
+			t.Errorf("%s: Alive() = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+var testSession = Session{ID: "0a1b2c3d", PID: 4242, Started: time.Unix(1700000000, 0)}
+
+func TestLegacyArmScript(t *testing.T) {
+	tcp := legacyArmScript(testSession, trace.Match{Proto: trace.TCP, Port: 40001}, 100, 200)
+	want := `*raw
+:NETTRACE-0a1b2c3d - [0:0]
+-I PREROUTING 1 -p tcp -m multiport --ports 40001 -m comment --comment nettrace:0a1b2c3d:1700000000:4242 -m limit --limit 100/second --limit-burst 200 -j NETTRACE-0a1b2c3d
+-I OUTPUT 1 -p tcp -m multiport --ports 40001 -m comment --comment nettrace:0a1b2c3d:1700000000:4242 -m limit --limit 100/second --limit-burst 200 -j NETTRACE-0a1b2c3d
+-A NETTRACE-0a1b2c3d -j TRACE
+COMMIT
+`
+	if tcp != want {
+		t.Errorf("TCP script:\n%s\nwant:\n%s", tcp, want)
+	}
+	icmp := legacyArmScript(testSession, trace.Match{Proto: trace.ICMP, Addrs: addrs("10.96.0.10", "172.16.1.5")}, 100, 200)
+	for _, line := range []string{
+		"-I PREROUTING 1 -p icmp -m comment --comment nettrace:0a1b2c3d:1700000000:4242 -m limit",
+		"-A NETTRACE-0a1b2c3d -s 10.96.0.10/32 -j TRACE\n-A NETTRACE-0a1b2c3d -d 10.96.0.10/32 -j TRACE\n-A NETTRACE-0a1b2c3d -s 172.16.1.5/32 -j TRACE\n-A NETTRACE-0a1b2c3d -d 172.16.1.5/32 -j TRACE\n",
+	} {
+		if !strings.Contains(icmp, line) {
+			t.Errorf("ICMP script lacks %q:\n%s", line, icmp)
+		}
+	}
+}
+
+// savedWithSessions is an iptables-legacy-save dump holding the rules of
+// two sessions, an orphaned session chain, and rules of others.
+const savedWithSessions = `*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:NETTRACE-0a1b2c3d - [0:0]
+:NETTRACE-99999999 - [0:0]
+:NETTRACE-deadbeef - [0:0]
+-A PREROUTING -p udp -m multiport --ports 53 -m comment --comment nettrace:99999999:1700000100:77 -m limit --limit 100/sec --limit-burst 200 -j NETTRACE-99999999
+-A PREROUTING -p tcp -m multiport --ports 40001 -m comment --comment nettrace:0a1b2c3d:1700000000:4242 -m limit --limit 100/sec --limit-burst 200 -j NETTRACE-0a1b2c3d
+-A PREROUTING -p udp -m udp --dport 6081 -m comment --comment "not nettrace:0a1b2c3d" -j NOTRACK
+-A OUTPUT -p tcp -m multiport --ports 40001 -m comment --comment nettrace:0a1b2c3d:1700000000:4242 -m limit --limit 100/sec --limit-burst 200 -j NETTRACE-0a1b2c3d
+-A NETTRACE-0a1b2c3d -j TRACE
+-A NETTRACE-99999999 -j TRACE
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+COMMIT
+`
+
+func TestLegacySessions(t *testing.T) {
+	save, err := ruleset.ParseSave(savedWithSessions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := legacySessions(save)
+	want := map[string]Session{
+		"0a1b2c3d": testSession,
+		"99999999": {ID: "99999999", PID: 77, Started: time.Unix(1700000100, 0)},
+		"deadbeef": {ID: "deadbeef"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("sessions %+v, want %+v", got, want)
+	}
+	for id, s := range want {
+		if got[id] != s {
+			t.Errorf("session %s = %+v, want %+v", id, got[id], s)
+		}
+	}
+
+	script := legacyDisarmScript(save, map[string]bool{"0a1b2c3d": true, "deadbeef": true})
+	wantScript := `*raw
+-D PREROUTING -p tcp -m multiport --ports 40001 -m comment --comment nettrace:0a1b2c3d:1700000000:4242 -m limit --limit 100/sec --limit-burst 200 -j NETTRACE-0a1b2c3d
+-D OUTPUT -p tcp -m multiport --ports 40001 -m comment --comment nettrace:0a1b2c3d:1700000000:4242 -m limit --limit 100/sec --limit-burst 200 -j NETTRACE-0a1b2c3d
+-F NETTRACE-0a1b2c3d
+-X NETTRACE-0a1b2c3d
+-F NETTRACE-deadbeef
+-X NETTRACE-deadbeef
+COMMIT
+`
+	if script != wantScript {
+		t.Errorf("disarm script:\n%s\nwant:\n%s", script, wantScript)
+	}
+	if script := legacyDisarmScript(save, map[string]bool{"12345678": true}); script != "" {
+		t.Errorf("disarm script for an absent session:\n%s", script)
+	}
+}
+
+func TestLegacyHasRules(t *testing.T) {
+	for _, tc := range []struct {
+		dump string
+		want bool
+	}{
+		{"", false},
+		{"*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\nCOMMIT\n", false},
+		// Only nettrace's own rules.
+		{strings.Replace(savedWithSessions, "-A PREROUTING -p udp -m udp --dport 6081 -m comment --comment \"not nettrace:0a1b2c3d\" -j NOTRACK\n", "", 1), false},
+		{savedWithSessions, true},
+		{"*filter\n:FORWARD DROP [0:0]\nCOMMIT\n", true},
+		{"*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\nCOMMIT\n", true},
+	} {
+		save, err := ruleset.ParseSave(tc.dump)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := legacyHasRules(save); got != tc.want {
+			t.Errorf("legacyHasRules(%q) = %v, want %v", tc.dump, got, tc.want)
+		}
+	}
+}
+
+func TestNftArmScript(t *testing.T) {
+	got := nftArmScript(testSession, trace.Match{Proto: trace.UDP, Port: 53}, 100, 200)
+	want := `table ip nettrace_0a1b2c3d {
+	comment "nettrace:0a1b2c3d:1700000000:4242"
+	chain prerouting {
+		type filter hook prerouting priority -350; policy accept;
+		meta l4proto udp th dport 53 jump set_nftrace
+		meta l4proto udp th sport 53 jump set_nftrace
+	}
+	chain output {
+		type filter hook output priority -350; policy accept;
+		meta l4proto udp th dport 53 jump set_nftrace
+		meta l4proto udp th sport 53 jump set_nftrace
+	}
+	chain set_nftrace {
+		limit rate 100/second burst 200 packets meta nftrace set 1
+	}
+}
+`
+	if got != want {
+		t.Errorf("script:\n%s\nwant:\n%s", got, want)
+	}
+	icmp := nftArmScript(testSession, trace.Match{Proto: trace.ICMP, Addrs: addrs("10.96.0.10", "172.16.1.5")}, 100, 200)
+	if !strings.Contains(icmp, "meta l4proto icmp ip saddr { 10.96.0.10, 172.16.1.5 } jump set_nftrace\n") {
+		t.Errorf("ICMP script:\n%s", icmp)
+	}
+}
+
+func TestNftHasRules(t *testing.T) {
+	for _, tc := range []struct {
+		tables []nftTableRef
+		want   bool
+	}{
+		{nil, false},
+		{[]nftTableRef{{"ip", "nettrace_0a1b2c3d"}}, false},
+		{[]nftTableRef{{"ip6", "filter"}, {"arp", "filter"}}, false},
+		{[]nftTableRef{{"ip", "nettrace_0a1b2c3d"}, {"inet", "kube-proxy"}}, true},
+		{[]nftTableRef{{"ip", "filter"}}, true},
+	} {
+		if got := nftHasRules(tc.tables); got != tc.want {
+			t.Errorf("nftHasRules(%v) = %v, want %v", tc.tables, got, tc.want)
+		}
+	}
+}
+
+func TestMatches(t *testing.T) {
+	tcp := trace.Match{Proto: trace.TCP, Port: 40001}
+	icmp := trace.Match{Proto: trace.ICMP, Addrs: addrs("10.96.0.10")}
+	a, b := addrs("10.1.0.2")[0], addrs("10.96.0.10")[0]
+	for _, tc := range []struct {
+		m    trace.Match
+		p    trace.Packet
+		want bool
+	}{
+		{tcp, trace.Packet{Proto: trace.TCP, Src: a, SrcPort: 40001, Dst: b, DstPort: 80}, true},
+		{tcp, trace.Packet{Proto: trace.TCP, Src: b, SrcPort: 80, Dst: a, DstPort: 40001}, true},
+		{tcp, trace.Packet{Proto: trace.UDP, Src: a, SrcPort: 40001, Dst: b, DstPort: 80}, false},
+		{tcp, trace.Packet{Proto: trace.TCP, Src: a, SrcPort: 40002, Dst: b, DstPort: 80}, false},
+		{icmp, trace.Packet{Proto: trace.ICMP, Src: a, Dst: b}, true},
+		{icmp, trace.Packet{Proto: trace.ICMP, Src: b, Dst: a}, true},
+		{icmp, trace.Packet{Proto: trace.ICMP, Src: a, Dst: a}, false},
+	} {
+		if got := matches(tc.m, &tc.p); got != tc.want {
+			t.Errorf("matches(%+v, %+v) = %v, want %v", tc.m, tc.p, got, tc.want)
+		}
+	}
+}
