@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/kubectl-nettrace/nettrace/lab/proc"
@@ -70,6 +71,25 @@ type NodeProcess struct {
 	Name    string
 	Pid     int
 	Running bool
+}
+
+// Stopped names the lab processes that are recorded but not running, with
+// where their logs are, for error messages; it is empty when all run.
+func (c *Config) Stopped() string {
+	procs, err := c.Processes()
+	if err != nil {
+		return ""
+	}
+	var dead []string
+	for _, p := range procs {
+		if !p.Running {
+			dead = append(dead, p.Name)
+		}
+	}
+	if len(dead) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; stopped: %s (logs under %s)", strings.Join(dead, ", "), c.StateDir)
 }
 
 // Processes lists the processes recorded in the lab's run directory.

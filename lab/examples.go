@@ -60,7 +60,7 @@ func (c *Config) WaitPodsRunning(ctx context.Context, timeout time.Duration) err
 		select {
 		case <-ctx.Done():
 			sort.Strings(pending)
-			return fmt.Errorf("pods not running after %s: %s", timeout, strings.Join(pending, ", "))
+			return fmt.Errorf("pods not running after %s: %s%s", timeout, strings.Join(pending, ", "), c.Stopped())
 		case <-time.After(250 * time.Millisecond):
 		}
 	}

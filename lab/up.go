@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -74,6 +75,7 @@ func Up(ctx context.Context, cfg Config, out io.Writer) (*Lab, error) {
 		{"cluster objects (CRDs, RBAC, IP pool, DNS)", l.applyClusterObjects},
 		{"node runtimes and dataplane daemons", l.startNodes},
 		{"nodes Ready", l.waitNodesReady},
+		{"control-plane role on " + topo.Master().Name, l.markControlPlane},
 	}
 	for _, s := range steps {
 		start := time.Now()
@@ -249,6 +251,19 @@ func (l *Lab) ensureIPPool(ctx context.Context) error {
 	return nil
 }
 
+// markControlPlane labels the master node with the control-plane role.
+func (l *Lab) markControlPlane(ctx context.Context) error {
+	cs, _, err := l.Clients()
+	if err != nil {
+		return err
+	}
+	patch := []byte(`{"metadata":{"labels":{"node-role.kubernetes.io/control-plane":""}}}`)
+	if _, err := cs.CoreV1().Nodes().Patch(ctx, l.topo.Master().Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("labelling %s: %w", l.topo.Master().Name, err)
+	}
+	return nil
+}
+
 // waitNodesReady waits until every node reports Ready.
 func (l *Lab) waitNodesReady(ctx context.Context) error {
 	cs, _, err := l.Clients()
@@ -274,7 +289,7 @@ func (l *Lab) waitNodesReady(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%d of %d nodes Ready: %w (see the logs under %s)", ready, len(l.topo.Nodes), ctx.Err(), filepath.Join(l.StateDir, "nodes"))
+			return fmt.Errorf("%d of %d nodes Ready: %w%s", ready, len(l.topo.Nodes), ctx.Err(), l.Stopped())
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

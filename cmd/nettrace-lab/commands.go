@@ -189,13 +189,13 @@ func clusterDNS(services netip.Prefix) netip.Addr {
 // newImageCommand runs the built-in programs that stand in for images.
 func newImageCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "image", Short: "Built-in programs standing in for container images", Hidden: true}
-	var listen, name, answer string
+	var nginxListen, dnsListen, name, answer string
 	var port int
 	nginx := &cobra.Command{
 		Use: "nginx", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return images.Nginx(cmd.Context(), listen) },
+		RunE: func(cmd *cobra.Command, _ []string) error { return images.Nginx(cmd.Context(), nginxListen) },
 	}
-	nginx.Flags().StringVar(&listen, "listen", ":80", "address to serve on")
+	nginx.Flags().StringVar(&nginxListen, "listen", ":80", "address to serve on")
 	whoami := &cobra.Command{
 		Use: "whoami", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -219,10 +219,10 @@ func newImageCommand() *cobra.Command {
 			if ip == nil {
 				return usageError{fmt.Errorf("--answer %q is not an IP", answer)}
 			}
-			return images.UpstreamDNS(cmd.Context(), listen, ip)
+			return images.UpstreamDNS(cmd.Context(), dnsListen, ip)
 		},
 	}
-	upstream.Flags().StringVar(&listen, "listen", ":53", "address to serve on")
+	upstream.Flags().StringVar(&dnsListen, "listen", ":53", "address to serve on")
 	upstream.Flags().StringVar(&answer, "answer", lab.ExternalWebIP.String(), "the address every known name resolves to")
 	cmd.AddCommand(nginx, whoami, upstream)
 	return cmd

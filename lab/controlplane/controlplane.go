@@ -233,7 +233,7 @@ func (cp *ControlPlane) StartControllers() error {
 		"--cluster-cidr="+cp.cfg.ClusterCIDR,
 		"--service-cluster-ip-range="+cp.cfg.ServiceCIDR,
 		// Only what a pod network lab needs; cloud and storage controllers stay off.
-		"--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-ephemeral-volume,-pvc-protection,-pv-protection",
+		"--controllers=*,-node-ipam-controller,-persistentvolume-binder-controller,-persistentvolume-attach-detach-controller,-persistentvolume-expander-controller,-ephemeral-volume-controller,-persistentvolumeclaim-protection-controller,-persistentvolume-protection-controller",
 		"--node-monitor-grace-period=20s",
 		"--v=1",
 	)); err != nil {

@@ -32,8 +32,8 @@ type Config struct {
 	// NodeNetns is the name of the node's network namespace, where
 	// hostNetwork pods run.
 	NodeNetns string
-	// Master marks the control-plane node: it gets the control-plane role
-	// label and NoSchedule taint, as kubeadm gives it.
+	// Master marks the control-plane node: it registers with the
+	// control-plane NoSchedule taint, as kubeadm's nodes do.
 	Master bool
 	// Dir holds the node's runtime state: sandboxes, container logs.
 	Dir string

@@ -38,7 +38,8 @@ func (k *Kubelet) registerNode(ctx context.Context) error {
 		},
 	}
 	if k.cfg.Master {
-		node.Labels["node-role.kubernetes.io/control-plane"] = ""
+		// The role label is the admin's to set (NodeRestriction forbids it
+		// to nodes); the lab sets it, as kubeadm's mark-control-plane does.
 		node.Spec.Taints = []corev1.Taint{{Key: "node-role.kubernetes.io/control-plane", Effect: corev1.TaintEffectNoSchedule}}
 	}
 	_, err := k.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
