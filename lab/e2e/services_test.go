@@ -1,0 +1,176 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
+func serviceIP(t *testing.T, namespace, name string) string {
+	t.Helper()
+	s, err := clientset(t).CoreV1().Services(namespace).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Spec.ClusterIP
+}
+
+// Seed §6: a ClusterIP reaches nginx, by name through the cluster DNS and by
+// address.
+func TestClusterIPByNameAndAddress(t *testing.T) {
+	for _, target := range []string{"nginx-test", serviceIP(t, "default", "nginx-test")} {
+		out := labExec(t, "client", "curl", "-s", "-m", "5", target)
+		if !strings.Contains(out, "Welcome to nginx!") {
+			t.Errorf("curl %s from the client:\n%s", target, out)
+		}
+	}
+}
+
+// Seed §6: whoami behind a ClusterIP shows the pod IP: the destination was
+// DNATed.
+func TestClusterIPIsDNATedToThePod(t *testing.T) {
+	out := labExec(t, "client", "curl", "-s", "-m", "5", serviceIP(t, "default", "clusterip-dnat"))
+	if want := "IP: " + podIP(t, "clusterip-dnat"); !strings.Contains(out, want) {
+		t.Fatalf("whoami through the ClusterIP does not show %q:\n%s", want, out)
+	}
+	if want := "RemoteAddr: " + podIP(t, "client") + ":"; !strings.Contains(out, want) {
+		t.Errorf("a pod on the same node should keep its source address (%q):\n%s", want, out)
+	}
+}
+
+// Seed §7: NodePort 31010 answers on every node, also those without the
+// pod; the source is SNATed to an address of the node the request entered.
+func TestNodePortFromOutsideOnEveryNode(t *testing.T) {
+	remote := regexp.MustCompile(`RemoteAddr: ([0-9.]+):`)
+	for node, ip := range map[string]string{"k8s-m": "192.168.10.10", "k8s-w1": "192.168.10.101", "k8s-w2": "192.168.10.102"} {
+		out := labExec(t, "external", "curl", "-s", "-m", "5", ip+":31010")
+		if !strings.Contains(out, "Hostname: nodeport-dnat") {
+			t.Errorf("curl %s:31010 from outside:\n%s", ip, out)
+			continue
+		}
+		m := remote.FindStringSubmatch(out)
+		if m == nil {
+			t.Errorf("no RemoteAddr in:\n%s", out)
+			continue
+		}
+		addrs := labExec(t, "node/"+node, "ip", "-4", "-o", "addr")
+		if !strings.Contains(addrs, " "+m[1]+"/") {
+			t.Errorf("through %s the source %s is not one of the node's addresses (SNAT expected):\n%s", node, m[1], addrs)
+		}
+		if m[1] == "192.168.10.1" {
+			t.Errorf("through %s the client's own address arrived: no SNAT", node)
+		}
+	}
+}
+
+// Seed §8: the cluster DNS answers for services, pods, SRV, headless and
+// external names, and forwards the rest upstream.
+func TestClusterDNSRecords(t *testing.T) {
+	kubectlApply(t, `apiVersion: v1
+kind: Service
+metadata:
+  name: headless-test
+spec:
+  clusterIP: None
+  selector:
+    app: nginx-test
+  ports:
+    - {name: http, port: 80}
+`)
+	kubectl(t, "create", "service", "externalname", "external-test", "--external-name=example.com")
+	t.Cleanup(func() { kubectl(t, "delete", "service", "headless-test", "external-test") })
+	dig := func(args ...string) string {
+		return labExec(t, "client", append([]string{"dig", "+short"}, args...)...)
+	}
+	if got, want := strings.TrimSpace(dig("nginx-test.default.svc.cluster.local")), serviceIP(t, "default", "nginx-test"); got != want {
+		t.Errorf("A nginx-test: %q, want %q", got, want)
+	}
+	pod := podIP(t, "coredns-example")
+	if got := strings.TrimSpace(dig(strings.ReplaceAll(pod, ".", "-") + ".default.pod.cluster.local")); got != pod {
+		t.Errorf("pod A record: %q, want %q", got, pod)
+	}
+	if got := dig("SRV", "_dns._udp.kube-dns.kube-system.svc.cluster.local"); !strings.Contains(got, "53 kube-dns.kube-system.svc.cluster.local.") {
+		t.Errorf("SRV _dns._udp.kube-dns: %q", got)
+	}
+	if got := dig("external-test.default.svc.cluster.local"); !strings.Contains(got, "example.com.") {
+		t.Errorf("ExternalName CNAME: %q", got)
+	}
+	if got := strings.TrimSpace(dig("google.com")); got != "203.0.113.100" {
+		t.Errorf("google.com through the upstream: %q", got)
+	}
+	ptr := dig("-x", serviceIP(t, "default", "nginx-test"))
+	if !strings.Contains(ptr, "nginx-test.default.svc.cluster.local.") {
+		t.Errorf("PTR of nginx-test's ClusterIP: %q", ptr)
+	}
+	out, err := exec.Command(bin("nettrace-lab"), "exec", "client", "--", "dig", "no-such-service.default.svc.cluster.local").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "NXDOMAIN") {
+		t.Errorf("an unknown service name: %v\n%s", err, out)
+	}
+	// Headless: one A record per ready endpoint, here the nginx-test pods.
+	pods, err := clientset(t).CoreV1().Pods("default").List(context.Background(), metav1.ListOptions{LabelSelector: "app=nginx-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, p := range pods.Items {
+		want = append(want, p.Status.PodIP)
+	}
+	sort.Strings(want)
+	var got []string
+	_ = wait.PollUntilContextTimeout(context.Background(), 250*time.Millisecond, 20*time.Second, true, func(context.Context) (bool, error) {
+		got = strings.Fields(dig("headless-test.default.svc.cluster.local"))
+		sort.Strings(got)
+		return strings.Join(got, " ") == strings.Join(want, " "), nil
+	})
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("headless A records: %v, want %v", got, want)
+	}
+}
+
+// kubectlApply applies a manifest given as text.
+func kubectlApply(t *testing.T, manifest string) {
+	t.Helper()
+	cmd := exec.Command(bin("nettrace-lab"), "kubectl", "--", "apply", "-f", "-")
+	cmd.Stdin = strings.NewReader(manifest)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+}
+
+// Seed §8: with the DNS pods stopped, every name lookup fails.
+func TestNameLookupsFailWithoutClusterDNS(t *testing.T) {
+	kubectl(t, "-n", "kube-system", "scale", "deployment/coredns", "--replicas=0")
+	t.Cleanup(func() {
+		kubectl(t, "-n", "kube-system", "scale", "deployment/coredns", "--replicas=2")
+		kubectl(t, "-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=90s")
+	})
+	err := wait.PollUntilContextTimeout(context.Background(), 250*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		out, _ := exec.Command(bin("nettrace-lab"), "kubectl", "--", "-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns", "-o", "name").Output()
+		return strings.TrimSpace(string(out)) == "", nil
+	})
+	if err != nil {
+		t.Fatal("the DNS pods did not go away")
+	}
+	out, err := exec.Command(bin("nettrace-lab"), "exec", "client", "--", "ping", "-c", "1", "-W", "2", "google.com").CombinedOutput()
+	if err == nil {
+		t.Fatalf("ping google.com worked without the cluster DNS:\n%s", out)
+	}
+	if !strings.Contains(string(out), "google.com") {
+		t.Errorf("ping's error does not name the lookup: %s", out)
+	}
+	fmt.Fprintf(testWriter{t}, "without DNS: %s", out)
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
