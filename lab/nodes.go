@@ -99,6 +99,7 @@ func (l *Lab) startNode(n Node) error {
 			"--node", n.Name,
 			"--node-ip", n.IP.String(),
 			"--cluster-cidr", l.PodPool.String(),
+			"--lb-pool", l.LoadBalancerPool.String(),
 			fmt.Sprintf("--service-nat=%t", serviceNAT),
 		},
 	}); err != nil {

@@ -32,7 +32,7 @@ func newCommand() *cobra.Command {
 	var (
 		cfg                 node.Config
 		kubeconfig          string
-		nodeIP, clusterCIDR string
+		nodeIP, clusterCIDR, lbPool string
 	)
 	cmd := &cobra.Command{
 		Use:           "nettrace-node --node NAME --node-ip IP",
@@ -48,6 +48,11 @@ func newCommand() *cobra.Command {
 			if clusterCIDR != "" {
 				if cfg.ClusterCIDR, err = netip.ParsePrefix(clusterCIDR); err != nil {
 					return fmt.Errorf("--cluster-cidr: %w", err)
+				}
+			}
+			if lbPool != "" {
+				if cfg.LBPool, err = netip.ParsePrefix(lbPool); err != nil {
+					return fmt.Errorf("--lb-pool: %w", err)
 				}
 			}
 			if cfg.NodeName == "" {
@@ -69,6 +74,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&cfg.Pool, "pool", "default-ipv4-ippool", "the IPPool whose blocks are routed")
 	f.StringVar(&clusterCIDR, "cluster-cidr", "", "the pod pool, for the service NAT's masquerade rule")
 	f.BoolVar(&cfg.ServiceNAT, "service-nat", true, "run the reference service NAT (false: the real kube-proxy runs)")
+	f.StringVar(&lbPool, "lb-pool", "", "underlay addresses for LoadBalancer services (empty: no load balancer)")
 	f.DurationVar(&cfg.LeakGrace, "ipam-leak-grace", 5*time.Minute, "how long an address of a vanished pod is kept")
 	return cmd
 }

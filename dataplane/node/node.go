@@ -8,6 +8,8 @@
 //     cali* veths and NAT of pod traffic that leaves the pool;
 //   - runs the service NAT (dataplane/servicenat) unless the real kube-proxy
 //     does that job;
+//   - hands out LoadBalancer addresses and answers ARP for those this node
+//     announces (dataplane/loadbalancer, MetalLB's layer-2 mode);
 //   - reclaims IPAM addresses leaked by pods that are gone.
 package node
 
@@ -25,6 +27,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/kubectl-nettrace/nettrace/dataplane/ipam"
+	"github.com/kubectl-nettrace/nettrace/dataplane/loadbalancer"
 	"github.com/kubectl-nettrace/nettrace/dataplane/servicenat"
 	"github.com/kubectl-nettrace/nettrace/dataplane/tunnel"
 )
@@ -51,6 +54,9 @@ type Config struct {
 	// ServiceNAT runs the reference service NAT; false leaves services to
 	// the real kube-proxy.
 	ServiceNAT bool
+	// LBPool is the range of underlay addresses given to LoadBalancer
+	// services; the zero prefix turns the load balancer off.
+	LBPool netip.Prefix
 	// LeakGrace is how long an address of a vanished pod is kept before it
 	// is reclaimed.
 	LeakGrace time.Duration
@@ -107,7 +113,7 @@ func Run(ctx context.Context, cfg Config, rc *rest.Config) error {
 		return err
 	}
 
-	errc := make(chan error, 3)
+	errc := make(chan error, 5)
 	go func() { errc <- runRoutes(ctx, client, dyn, dp, log) }()
 	go func() { errc <- runLeakCollector(ctx, client, store, cfg, log) }()
 	if cfg.ServiceNAT {
@@ -119,6 +125,18 @@ func Run(ctx context.Context, cfg Config, rc *rest.Config) error {
 			return err
 		}
 		go func() { errc <- proxier.Run(ctx) }()
+	}
+	if cfg.LBPool.IsValid() {
+		controller, err := loadbalancer.NewController(client, cfg.LBPool, loadbalancer.ControllerOptions{Identity: cfg.NodeName, Logger: log})
+		if err != nil {
+			return err
+		}
+		speaker, err := loadbalancer.NewSpeaker(client, cfg.NodeName, iface, loadbalancer.SpeakerOptions{Pool: cfg.LBPool, Logger: log})
+		if err != nil {
+			return err
+		}
+		go func() { errc <- controller.Run(ctx) }()
+		go func() { errc <- speaker.Run(ctx) }()
 	}
 	select {
 	case <-ctx.Done():

@@ -177,3 +177,47 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
+
+// Seed §7: on-prem, a LoadBalancer service gets an address from the
+// underlay pool; one node answers ARP for it, and the outside world reaches
+// the service there.
+func TestLoadBalancerFromOutside(t *testing.T) {
+	var lbIP string
+	err := wait.PollUntilContextTimeout(context.Background(), 250*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		s, err := clientset(t).CoreV1().Services("default").Get(ctx, "nginx-lb", metav1.GetOptions{})
+		if err != nil || len(s.Status.LoadBalancer.Ingress) == 0 {
+			return false, nil
+		}
+		lbIP = s.Status.LoadBalancer.Ingress[0].IP
+		return true, nil
+	})
+	if err != nil {
+		t.Fatal("nginx-lb got no LoadBalancer address")
+	}
+	if !strings.HasPrefix(lbIP, "192.168.10.20") {
+		t.Errorf("nginx-lb got %s, outside the lab's pool 192.168.10.200/29", lbIP)
+	}
+	out := labExec(t, "external", "curl", "-s", "-m", "5", lbIP)
+	if !strings.Contains(out, "Welcome to nginx!") {
+		t.Fatalf("curl %s from outside:\n%s", lbIP, out)
+	}
+	neigh := labExec(t, "external", "ip", "neigh", "show", lbIP)
+	macs := map[string]string{}
+	for _, node := range []string{"k8s-m", "k8s-w1", "k8s-w2"} {
+		// ip, not /sys: nsenter keeps the host's /sys mount.
+		link := strings.Fields(labExec(t, "node/"+node, "ip", "-br", "link", "show", "eth0"))
+		if len(link) >= 3 {
+			macs[link[2]] = node
+		}
+	}
+	owner := ""
+	for mac, node := range macs {
+		if strings.Contains(neigh, mac) {
+			owner = node
+		}
+	}
+	if owner == "" {
+		t.Errorf("the outside world's ARP entry for %s is no node's eth0: %s (nodes: %v)", lbIP, neigh, macs)
+	}
+	t.Logf("%s is announced by %s", lbIP, owner)
+}
