@@ -30,8 +30,8 @@ func main() {
 
 func newCommand() *cobra.Command {
 	var (
-		cfg                 node.Config
-		kubeconfig          string
+		cfg                         node.Config
+		kubeconfig                  string
 		nodeIP, clusterCIDR, lbPool string
 	)
 	cmd := &cobra.Command{
