@@ -1,14 +1,12 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/netip"
-	"os/exec"
 	"strings"
 
-	"github.com/kubectl-nettrace/nettrace/dataplane/servicenat"
+	"github.com/kubectl-nettrace/nettrace/dataplane/iptables"
 )
 
 // The host rules a Calico node has and pods need, in chains of their own:
@@ -41,41 +39,19 @@ func hostRules(pool netip.Prefix) string {
 }
 
 // hostJumps are the rules in the built-in chains that lead to ours.
-var hostJumps = []struct{ table, chain, comment, target string }{
-	{"filter", "FORWARD", "cali:forward", chainForward},
-	{"nat", "POSTROUTING", "cali:nat-outgoing", chainNATOutgoing},
+var hostJumps = []iptables.Jump{
+	{Table: "filter", From: "FORWARD", To: chainForward, Comment: "cali:forward"},
+	{Table: "nat", From: "POSTROUTING", To: chainNATOutgoing, Comment: "cali:nat-outgoing"},
 }
 
 // installHostRules writes the host chains with iptables-restore --noflush
 // (only our chains are flushed) and inserts the jumps to them, on the
 // backend the node uses.
 func installHostRules(ctx context.Context, pool netip.Prefix) error {
-	backend, _ := servicenat.DetectBackend(ctx, nil)
-	bin := "iptables-" + string(backend)
-	if err := run(ctx, bin+"-restore", []byte(hostRules(pool)), "--noflush", "--wait"); err != nil {
-		return err
+	backend, _ := iptables.DetectBackend(ctx, nil)
+	ipt := &iptables.Runner{Backend: backend}
+	if err := ipt.Restore(ctx, []byte(hostRules(pool))); err != nil {
+		return fmt.Errorf("installing the host rules: %w", err)
 	}
-	for _, j := range hostJumps {
-		rule := []string{j.chain, "-m", "comment", "--comment", j.comment, "-j", j.target}
-		if run(ctx, bin, nil, append([]string{"-w", "-t", j.table, "-C"}, rule...)...) == nil {
-			continue
-		}
-		if err := run(ctx, bin, nil, append([]string{"-w", "-t", j.table, "-I"}, rule...)...); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func run(ctx context.Context, name string, stdin []byte, args ...string) error {
-	cmd := exec.CommandContext(ctx, name, args...)
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return nil
+	return ipt.EnsureJumps(ctx, hostJumps)
 }

@@ -1,232 +1,45 @@
 package servicenat
 
-import (
-	"bytes"
-	"context"
-	"errors"
-	"fmt"
-	"os/exec"
-	"regexp"
-	"strconv"
-	"strings"
-
-	"github.com/containernetworking/plugins/pkg/ns"
-)
+import "github.com/kubectl-nettrace/nettrace/dataplane/iptables"
 
 // Backend is an iptables implementation: the legacy xtables kernel API or
-// nf_tables. Rules programmed through one are invisible to the other, so a
-// node must use the backend the rest of its rules are in.
-type Backend string
+// nf_tables (see package iptables).
+type Backend = iptables.Backend
 
 // The backends, and BackendAuto to detect the node's.
 const (
-	BackendAuto   Backend = ""
-	BackendLegacy Backend = "legacy"
-	BackendNFT    Backend = "nft"
+	BackendAuto   = iptables.BackendAuto
+	BackendLegacy = iptables.BackendLegacy
+	BackendNFT    = iptables.BackendNFT
 )
 
-// restoreWaitSeconds is how long iptables-restore and iptables wait for the
-// xtables lock (legacy only; nft ignores it).
-const restoreWaitSeconds = "5"
-
-// runner runs one backend's iptables binaries, inside a network namespace
-// when netns is set.
-type runner struct {
-	backend Backend
-	netns   ns.NetNS
-}
-
-// run runs "iptables-<backend><suffix> args..." with stdin and returns its
-// standard output.
-func (r *runner) run(ctx context.Context, suffix string, stdin []byte, args ...string) ([]byte, error) {
-	return runIn(ctx, r.netns, "iptables-"+string(r.backend)+suffix, stdin, args...)
-}
-
-// runIn runs a command inside netns (nil: the caller's) and returns its
-// standard output; a failure carries its standard error.
-func runIn(ctx context.Context, netns ns.NetNS, name string, stdin []byte, args ...string) ([]byte, error) {
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, name, args...)
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := inNetNS(netns, cmd.Run)
-	if err != nil {
-		return stdout.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(stderr.Bytes()))
-	}
-	return stdout.Bytes(), nil
-}
-
-// inNetNS calls fn on an OS thread inside netns; commands it starts run
-// there too. A nil netns calls fn directly.
-func inNetNS(netns ns.NetNS, fn func() error) error {
-	if netns == nil {
-		return fn()
-	}
-	return netns.Do(func(ns.NetNS) error { return fn() })
-}
-
-// restoreFailedLine finds the line number iptables-restore reports when it
-// rejects its input: "Error occurred at line: 12" for a parse error (nft
-// reports the COMMIT of the table), "line 12 failed" for a commit.
-var restoreFailedLine = regexp.MustCompile(`(?:Error occurred at line: |line )(\d+)`)
-
-// restore applies input with iptables-restore --noflush: the tables and
-// chains it names are replaced, every other chain and rule stays. Each table
-// is committed atomically.
-func (r *runner) restore(ctx context.Context, input []byte) error {
-	_, err := r.run(ctx, "-restore", input, "-w", restoreWaitSeconds, "--noflush")
-	if err == nil {
-		return nil
-	}
-	if m := restoreFailedLine.FindStringSubmatch(err.Error()); m != nil {
-		n, _ := strconv.Atoi(m[1])
-		return fmt.Errorf("%w\n%s", err, linesAround(input, n, 2))
-	}
-	return err
-}
-
-// linesAround returns the lines n-around..n+around of text (1-based),
-// numbered, to show where a restore failed.
-func linesAround(text []byte, n, around int) string {
-	var b strings.Builder
-	i := 0
-	for line := range bytes.Lines(text) {
-		i++
-		if i >= n-around && i <= n+around {
-			fmt.Fprintf(&b, "%6d %s", i, line)
-		}
-	}
-	return b.String()
-}
-
-// save returns "iptables-save -t table".
-func (r *runner) save(ctx context.Context, table string) ([]byte, error) {
-	return r.run(ctx, "-save", nil, "-t", table)
-}
-
-// ensureChain creates a chain unless it exists.
-func (r *runner) ensureChain(ctx context.Context, table, chain string) error {
-	if _, err := r.run(ctx, "", nil, "-w", restoreWaitSeconds, "-t", table, "-S", chain, "1"); err == nil {
-		return nil
-	}
-	if _, err := r.run(ctx, "", nil, "-w", restoreWaitSeconds, "-t", table, "-N", chain); err != nil {
-		return fmt.Errorf("creating chain %s in table %s: %w", chain, table, err)
-	}
-	return nil
-}
-
-// ensureRule inserts rule at the top of chain unless "-C" finds it there
-// already (anywhere in the chain).
-func (r *runner) ensureRule(ctx context.Context, table, chain string, rule []string) error {
-	check := append([]string{"-w", restoreWaitSeconds, "-t", table, "-C", chain}, rule...)
-	_, err := r.run(ctx, "", nil, check...)
-	if err == nil {
-		return nil
-	}
-	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
-		return fmt.Errorf("checking rule in %s/%s: %w", table, chain, err)
-	}
-	insert := append([]string{"-w", restoreWaitSeconds, "-t", table, "-I", chain}, rule...)
-	if _, err := r.run(ctx, "", nil, insert...); err != nil {
-		return fmt.Errorf("inserting rule in %s/%s: %w", table, chain, err)
-	}
-	return nil
-}
-
-// jump is a rule in a built-in chain that sends packets into one of ours.
-type jump struct {
-	table, from, to string
-	match           []string
-	comment         string
-}
-
-// rule returns the jump as iptables arguments.
-func (j jump) rule() []string {
-	rule := append([]string(nil), j.match...)
-	if j.comment != "" {
-		rule = append(rule, "-m", "comment", "--comment", j.comment)
-	}
-	return append(rule, "-j", j.to)
-}
+// DetectBackend finds the backend the node in a netns uses (see
+// iptables.DetectBackend).
+var DetectBackend = iptables.DetectBackend
 
 // ctNew matches the first packet of a connection.
 var ctNew = []string{"-m", "conntrack", "--ctstate", "NEW"}
 
 // serviceJumps are kube-proxy's jumps from the built-in chains, in the order
 // it ensures them; each is inserted at the top of its chain.
-var serviceJumps = []jump{
-	{"filter", "INPUT", chainExternalServices, ctNew, "kubernetes externally-visible service portals"},
-	{"filter", "FORWARD", chainExternalServices, ctNew, "kubernetes externally-visible service portals"},
-	{"filter", "INPUT", chainNodePorts, nil, "kubernetes health check service ports"},
-	{"filter", "FORWARD", chainServices, ctNew, "kubernetes service portals"},
-	{"filter", "OUTPUT", chainServices, ctNew, "kubernetes service portals"},
-	{"filter", "FORWARD", chainForward, nil, "kubernetes forwarding rules"},
-	{"filter", "INPUT", chainProxyFirewall, ctNew, "kubernetes load balancer firewall"},
-	{"filter", "OUTPUT", chainProxyFirewall, ctNew, "kubernetes load balancer firewall"},
-	{"filter", "FORWARD", chainProxyFirewall, ctNew, "kubernetes load balancer firewall"},
-	{"nat", "OUTPUT", chainServices, nil, "kubernetes service portals"},
-	{"nat", "PREROUTING", chainServices, nil, "kubernetes service portals"},
-	{"nat", "POSTROUTING", chainPostrouting, nil, "kubernetes postrouting rules"},
+var serviceJumps = []iptables.Jump{
+	{Table: "filter", From: "INPUT", To: chainExternalServices, Match: ctNew, Comment: "kubernetes externally-visible service portals"},
+	{Table: "filter", From: "FORWARD", To: chainExternalServices, Match: ctNew, Comment: "kubernetes externally-visible service portals"},
+	{Table: "filter", From: "INPUT", To: chainNodePorts, Comment: "kubernetes health check service ports"},
+	{Table: "filter", From: "FORWARD", To: chainServices, Match: ctNew, Comment: "kubernetes service portals"},
+	{Table: "filter", From: "OUTPUT", To: chainServices, Match: ctNew, Comment: "kubernetes service portals"},
+	{Table: "filter", From: "FORWARD", To: chainForward, Comment: "kubernetes forwarding rules"},
+	{Table: "filter", From: "INPUT", To: chainProxyFirewall, Match: ctNew, Comment: "kubernetes load balancer firewall"},
+	{Table: "filter", From: "OUTPUT", To: chainProxyFirewall, Match: ctNew, Comment: "kubernetes load balancer firewall"},
+	{Table: "filter", From: "FORWARD", To: chainProxyFirewall, Match: ctNew, Comment: "kubernetes load balancer firewall"},
+	{Table: "nat", From: "OUTPUT", To: chainServices, Comment: "kubernetes service portals"},
+	{Table: "nat", From: "PREROUTING", To: chainServices, Comment: "kubernetes service portals"},
+	{Table: "nat", From: "POSTROUTING", To: chainPostrouting, Comment: "kubernetes postrouting rules"},
 }
 
 // kubeletFirewallJumps send input and output through KUBE-FIREWALL, which
 // holds the anti-martian rule of localhost NodePorts.
-var kubeletFirewallJumps = []jump{
-	{"filter", "INPUT", chainKubeletFirewall, nil, ""},
-	{"filter", "OUTPUT", chainKubeletFirewall, nil, ""},
-}
-
-// ensureJumps makes sure our chains exist and the built-in chains jump to
-// them, without touching any other rule of the built-in chains.
-func (r *runner) ensureJumps(ctx context.Context, jumps []jump) error {
-	for _, j := range jumps {
-		if err := r.ensureChain(ctx, j.table, j.to); err != nil {
-			return err
-		}
-		if err := r.ensureRule(ctx, j.table, j.from, j.rule()); err != nil {
-			return fmt.Errorf("jump from %s to %s: %w", j.from, j.to, err)
-		}
-	}
-	return nil
-}
-
-// kubeletChains matches the chains kubelet creates in the mangle table of
-// the backend it uses (the iptables-wrapper test).
-var kubeletChains = regexp.MustCompile(`(?m)^:(KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY) `)
-
-// DetectBackend finds the backend the node in netns (nil: the caller's) uses,
-// the way kube-proxy's iptables-wrapper does: the backend whose mangle table
-// holds kubelet's KUBE-IPTABLES-HINT or KUBE-KUBELET-CANARY chain (nft is
-// looked at first), else the backend with more rules, else nft. It returns
-// the reason with the choice.
-func DetectBackend(ctx context.Context, netns ns.NetNS) (Backend, string) {
-	nftMangle, _ := runIn(ctx, netns, "iptables-nft-save", nil, "-t", "mangle")
-	if kubeletChains.Match(nftMangle) {
-		return BackendNFT, "kubelet's chains are in nft's mangle table"
-	}
-	// Not "-t mangle": that would create the legacy table.
-	legacyAll, _ := runIn(ctx, netns, "iptables-legacy-save", nil)
-	if kubeletChains.Match(legacyAll) {
-		return BackendLegacy, "kubelet's chains are in legacy's mangle table"
-	}
-	nftAll, _ := runIn(ctx, netns, "iptables-nft-save", nil)
-	legacyRules, nftRules := countRules(legacyAll), countRules(nftAll)
-	if legacyRules > nftRules {
-		return BackendLegacy, fmt.Sprintf("legacy has more rules (%d) than nft (%d)", legacyRules, nftRules)
-	}
-	return BackendNFT, fmt.Sprintf("nft is the default (legacy has %d rules, nft %d)", legacyRules, nftRules)
-}
-
-// countRules counts the rules in iptables-save output.
-func countRules(save []byte) int {
-	n := 0
-	for line := range bytes.Lines(save) {
-		if bytes.HasPrefix(line, []byte("-A ")) {
-			n++
-		}
-	}
-	return n
+var kubeletFirewallJumps = []iptables.Jump{
+	{Table: "filter", From: "INPUT", To: chainKubeletFirewall},
+	{Table: "filter", From: "OUTPUT", To: chainKubeletFirewall},
 }

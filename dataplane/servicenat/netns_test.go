@@ -1,6 +1,8 @@
 package servicenat
 
 import (
+	"github.com/kubectl-nettrace/nettrace/dataplane/iptables"
+
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -56,7 +58,7 @@ func newNetNS(t testing.TB) ns.NetNS {
 // inNS runs a command inside netns and fails the test if it fails.
 func inNS(t testing.TB, netns ns.NetNS, name string, args ...string) string {
 	t.Helper()
-	out, err := runIn(context.Background(), netns, name, nil, args...)
+	out, err := iptables.RunIn(context.Background(), netns, name, nil, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +68,7 @@ func inNS(t testing.TB, netns ns.NetNS, name string, args ...string) string {
 // restoreIn applies iptables-restore --noflush input inside netns.
 func restoreIn(t testing.TB, netns ns.NetNS, backend Backend, input string) {
 	t.Helper()
-	if _, err := runIn(context.Background(), netns, "iptables-"+string(backend)+"-restore", []byte(input), "--noflush"); err != nil {
+	if _, err := iptables.RunIn(context.Background(), netns, "iptables-"+string(backend)+"-restore", []byte(input), "--noflush"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -354,9 +356,9 @@ func checkForeignAndJumps(t *testing.T, netns ns.NetNS, backend Backend) {
 		t.Error("kubelet's canary chain was deleted")
 	}
 	for _, j := range serviceJumps {
-		tab := map[string]table{"nat": nat, "filter": filter}[j.table]
-		if n := tab.count(j.from, "-j "+j.to); n != 1 {
-			t.Errorf("jump %s -> %s in %s: found %d times, want 1", j.from, j.to, j.table, n)
+		tab := map[string]table{"nat": nat, "filter": filter}[j.Table]
+		if n := tab.count(j.From, "-j "+j.To); n != 1 {
+			t.Errorf("jump %s -> %s in %s: found %d times, want 1", j.From, j.To, j.Table, n)
 		}
 	}
 }
@@ -416,8 +418,8 @@ func TestGoldenAppliesInNetNS(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				r := &runner{backend: backend, netns: node}
-				if err := r.restore(context.Background(), input); err != nil {
+				r := &iptables.Runner{Backend: backend, Netns: node}
+				if err := r.Restore(context.Background(), input); err != nil {
 					t.Errorf("%s: %v", f, err)
 				}
 			}
@@ -431,8 +433,8 @@ func TestGoldenAppliesInNetNS(t *testing.T) {
 func TestRestoreErrorShowsInput(t *testing.T) {
 	node := newNetNS(t)
 	for _, backend := range backends {
-		r := &runner{backend: backend, netns: node}
-		err := r.restore(context.Background(), []byte("*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j NO-SUCH-CHAIN\nCOMMIT\n"))
+		r := &iptables.Runner{Backend: backend, Netns: node}
+		err := r.Restore(context.Background(), []byte("*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j NO-SUCH-CHAIN\nCOMMIT\n"))
 		if err == nil {
 			t.Fatalf("%s: a jump to a missing chain was accepted", backend)
 		}

@@ -11,6 +11,8 @@
 package servicenat
 
 import (
+	"github.com/kubectl-nettrace/nettrace/dataplane/iptables"
+
 	"context"
 	"errors"
 	"fmt"
@@ -84,7 +86,7 @@ type Proxier struct {
 
 	// Set by Run.
 	netns    ns.NetNS
-	ipt      *runner
+	ipt      *iptables.Runner
 	services corelisters.ServiceLister
 	slices   discoverylisters.EndpointSliceLister
 
@@ -196,7 +198,7 @@ func (p *Proxier) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), services.Informer().HasSynced, slices.Informer().HasSynced) {
 		return nil
 	}
-	p.log.Info("caches synced, starting sync loop", "backend", p.ipt.backend,
+	p.log.Info("caches synced, starting sync loop", "backend", p.ipt.Backend,
 		"minSyncInterval", p.opts.MinSyncInterval, "fullSyncInterval", p.opts.FullSyncInterval)
 	p.loop(ctx)
 	return nil
@@ -219,7 +221,7 @@ func (p *Proxier) setUp(ctx context.Context) error {
 		backend, why = DetectBackend(ctx, p.netns)
 		p.log.Info("detected iptables backend", "backend", backend, "reason", why)
 	}
-	p.ipt = &runner{backend: backend, netns: p.netns}
+	p.ipt = &iptables.Runner{Backend: backend, Netns: p.netns}
 
 	// Without nf_conntrack loaded the file is missing: not liberal.
 	liberal, _ := p.readSysctl("net/netfilter/nf_conntrack_tcp_be_liberal")
@@ -233,6 +235,14 @@ func (p *Proxier) setUp(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// inNetNS calls fn inside netns, or directly when netns is nil.
+func inNetNS(netns ns.NetNS, fn func() error) error {
+	if netns == nil {
+		return fn()
+	}
+	return netns.Do(func(ns.NetNS) error { return fn() })
 }
 
 // readSysctl reads a sysctl of the programmed network namespace.
@@ -335,10 +345,10 @@ func (p *Proxier) sync(ctx context.Context, snap Snapshot) error {
 		if p.cfg.LocalhostNodePorts {
 			jumps = append(jumps[:len(jumps):len(jumps)], kubeletFirewallJumps...)
 		}
-		if err := p.ipt.ensureJumps(ctx, jumps); err != nil {
+		if err := p.ipt.EnsureJumps(ctx, jumps); err != nil {
 			return err
 		}
-		save, err := p.ipt.save(ctx, "nat")
+		save, err := p.ipt.Save(ctx, "nat")
 		if err != nil {
 			return fmt.Errorf("listing nat chains: %w", err)
 		}
@@ -346,7 +356,7 @@ func (p *Proxier) sync(ctx context.Context, snap Snapshot) error {
 	}
 	update := rules.Update(from)
 	if !update.Noop {
-		if err := p.ipt.restore(ctx, update.Input); err != nil {
+		if err := p.ipt.Restore(ctx, update.Input); err != nil {
 			return err
 		}
 	}
