@@ -27,7 +27,9 @@ func serviceIP(t *testing.T, namespace, name string) string {
 
 // Seed §6: a ClusterIP reaches nginx, by name through the cluster DNS and by
 // address.
-func TestClusterIPByNameAndAddress(t *testing.T) {
+func TestClusterIPByNameAndAddress(t *testing.T) { checkClusterIPByNameAndAddress(t) }
+
+func checkClusterIPByNameAndAddress(t *testing.T) {
 	for _, target := range []string{"nginx-test", serviceIP(t, "default", "nginx-test")} {
 		out := labExec(t, "client", "curl", "-s", "-m", "5", target)
 		if !strings.Contains(out, "Welcome to nginx!") {
@@ -38,7 +40,9 @@ func TestClusterIPByNameAndAddress(t *testing.T) {
 
 // Seed §6: whoami behind a ClusterIP shows the pod IP: the destination was
 // DNATed.
-func TestClusterIPIsDNATedToThePod(t *testing.T) {
+func TestClusterIPIsDNATedToThePod(t *testing.T) { checkClusterIPIsDNATedToThePod(t) }
+
+func checkClusterIPIsDNATedToThePod(t *testing.T) {
 	out := labExec(t, "client", "curl", "-s", "-m", "5", serviceIP(t, "default", "clusterip-dnat"))
 	if want := "IP: " + podIP(t, "clusterip-dnat"); !strings.Contains(out, want) {
 		t.Fatalf("whoami through the ClusterIP does not show %q:\n%s", want, out)
@@ -50,7 +54,9 @@ func TestClusterIPIsDNATedToThePod(t *testing.T) {
 
 // Seed §7: NodePort 31010 answers on every node, also those without the
 // pod; the source is SNATed to an address of the node the request entered.
-func TestNodePortFromOutsideOnEveryNode(t *testing.T) {
+func TestNodePortFromOutsideOnEveryNode(t *testing.T) { checkNodePortFromOutsideOnEveryNode(t) }
+
+func checkNodePortFromOutsideOnEveryNode(t *testing.T) {
 	remote := regexp.MustCompile(`RemoteAddr: ([0-9.]+):`)
 	for node, ip := range map[string]string{"k8s-m": "192.168.10.10", "k8s-w1": "192.168.10.101", "k8s-w2": "192.168.10.102"} {
 		out := labExec(t, "external", "curl", "-s", "-m", "5", ip+":31010")
@@ -181,7 +187,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 // Seed §7: on-prem, a LoadBalancer service gets an address from the
 // underlay pool; one node answers ARP for it, and the outside world reaches
 // the service there.
-func TestLoadBalancerFromOutside(t *testing.T) {
+func TestLoadBalancerFromOutside(t *testing.T) { checkLoadBalancerFromOutside(t) }
+
+func checkLoadBalancerFromOutside(t *testing.T) {
 	var lbIP string
 	err := wait.PollUntilContextTimeout(context.Background(), 250*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		s, err := clientset(t).CoreV1().Services("default").Get(ctx, "nginx-lb", metav1.GetOptions{})
