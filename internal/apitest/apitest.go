@@ -84,14 +84,34 @@ func BinDir() string {
 	return filepath.Join(filepath.Dir(file), "..", "..", ".cache", "controlplane")
 }
 
+// start boots the server from a goroutine locked to an OS thread that
+// lives as long as the test process: the control plane dies with the thread
+// that started it (a parent-death signal is per thread), and tests switch
+// threads into other netns and throw them away.
 func start() (*Server, error) {
+	type result struct {
+		s   *Server
+		err error
+	}
+	done := make(chan result)
+	go func() {
+		runtime.LockOSThread()
+		s, err := boot()
+		done <- result{s, err}
+		select {} // keep the thread
+	}()
+	r := <-done
+	return r.s, r.err
+}
+
+func boot() (*Server, error) {
 	removeStale()
 	dir, err := os.MkdirTemp("", "nettrace-apitest-")
 	if err != nil {
 		return nil, fmt.Errorf("creating state directory: %w", err)
 	}
 	s := &Server{dir: dir, netnsName: netnsPrefix + strconv.Itoa(os.Getpid())}
-	if err := s.boot(); err != nil {
+	if err := s.startControlPlane(); err != nil {
 		s.stop()
 		return nil, err
 	}
@@ -102,7 +122,7 @@ func start() (*Server, error) {
 // server has a netns of its own, so they may all use the same one.
 var advertiseIP = net.IPv4(10, 255, 0, 1)
 
-func (s *Server) boot() error {
+func (s *Server) startControlPlane() error {
 	if err := controlplane.CheckBinaries(BinDir(), "etcd", "kube-apiserver"); err != nil {
 		return err
 	}
