@@ -89,7 +89,7 @@ func (k *Kubelet) podStatus(pod *corev1.Pod, pr *podRuntime) *corev1.PodStatus {
 		st.Phase = corev1.PodFailed
 	case succeeded == n:
 		st.Phase = corev1.PodSucceeded
-	case running > 0 || succeeded+failed > 0 || anyRestarted(pr):
+	case running > 0 || succeeded+failed > 0 || anyStarted(pr):
 		st.Phase = corev1.PodRunning
 	default:
 		st.Phase = corev1.PodPending
@@ -107,9 +107,11 @@ func (k *Kubelet) podStatus(pod *corev1.Pod, pr *podRuntime) *corev1.PodStatus {
 	return st
 }
 
-func anyRestarted(pr *podRuntime) bool {
+// anyStarted reports whether a container of the pod ever ran: a pod whose
+// container exited and will be restarted is Running, as a kubelet says.
+func anyStarted(pr *podRuntime) bool {
 	for _, cr := range pr.Containers {
-		if cr.RestartCount > 0 {
+		if cr.Running || cr.LastExit != nil {
 			return true
 		}
 	}
