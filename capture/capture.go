@@ -98,6 +98,9 @@ type Capture struct {
 	arena   []byte
 	stats   Stats
 	readErr error
+	// sockErr is the last error the socket reported, such as ENETDOWN
+	// when the interface went down during the capture.
+	sockErr error
 }
 
 // kept is a raw packet; Packets decodes it again for its annotation, so
@@ -279,6 +282,17 @@ func (c *Capture) read(emit func(trace.Hop)) {
 			c.readErr = fmt.Errorf("waiting for packets on %s: %w", c.cfg.Iface, err)
 			return
 		}
+		if fds[0].Revents&unix.POLLERR != 0 {
+			// A pending socket error (the interface went down, or away)
+			// keeps poll returning until it is read: read it, so that the
+			// loop waits again instead of spinning.
+			if errno, err := unix.GetsockoptInt(c.sock, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && errno != 0 {
+				c.sockErr = unix.Errno(errno)
+			}
+		}
+		if fds[0].Revents&(unix.POLLHUP|unix.POLLNVAL) != 0 {
+			return
+		}
 		if fds[1].Revents != 0 {
 			stopping = true
 			last := []unix.PollFd{{Fd: int32(c.sock), Events: unix.POLLIN}}
@@ -336,6 +350,12 @@ func (c *Capture) Close() ([]trace.Loss, error) {
 				Node: c.cfg.Node, Source: decode.Source, Count: int(stats.Drops),
 				Detail: fmt.Sprintf("%s: %d packets dropped by the kernel, capture ring full", c.cfg.Iface, stats.Drops),
 			}}
+		}
+		if c.sockErr != nil {
+			c.loss = append(c.loss, trace.Loss{
+				Node: c.cfg.Node, Source: decode.Source,
+				Detail: fmt.Sprintf("%s: the capture socket reported %v; packets may be missing", c.cfg.Iface, c.sockErr),
+			})
 		}
 		c.mu.Lock()
 		if err := c.release(); err != nil && c.closeErr == nil {
