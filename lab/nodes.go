@@ -15,6 +15,7 @@ const (
 	kubeletKubeconfig   = "kubelet.kubeconfig"
 	nodeDaemonKubecfg   = "nettrace-node.kubeconfig"
 	kubeProxyKubeconfig = "kube-proxy.kubeconfig"
+	agentKubeconfig     = "nettrace-agent.kubeconfig"
 )
 
 // CNIConfDir is the node's /etc/cni/net.d.
@@ -48,6 +49,7 @@ func (l *Lab) prepareNode(n Node) error {
 		{kubeletKubeconfig, n.Name + "-kubelet", "system:node:" + n.Name, "system:nodes"},
 		{nodeDaemonKubecfg, n.Name + "-nettrace-node", "nettrace-node", ""},
 		{kubeProxyKubeconfig, n.Name + "-kube-proxy", "system:kube-proxy", ""},
+		{agentKubeconfig, n.Name + "-nettrace-agent", "nettrace-agent", ""},
 	}
 	for _, c := range creds {
 		var groups []string
@@ -88,6 +90,18 @@ func (l *Lab) startNode(n Node) error {
 	if err := l.ensure(proc.Spec{
 		Name: n.Name + "-kubelet", Netns: n.Netns(), Log: filepath.Join(logs, "kubelet.log"),
 		Argv: []string{filepath.Join(l.BinDir, "nettrace-lab"), "kubelet", "--state-dir", l.StateDir, "--node", n.Name},
+	}); err != nil {
+		return err
+	}
+	// kubectl nettrace's agent, which a real cluster runs as a DaemonSet
+	// (deploy/agent/daemonset.yaml).
+	if err := l.ensure(proc.Spec{
+		Name: n.Name + "-nettrace-agent", Netns: n.Netns(), Log: filepath.Join(logs, "nettrace-agent.log"),
+		Argv: []string{filepath.Join(l.BinDir, "nettrace-agent"),
+			"--node", n.Name,
+			"--node-ip", n.IP.String(),
+			"--kubeconfig", filepath.Join(dir, agentKubeconfig),
+		},
 	}); err != nil {
 		return err
 	}

@@ -31,7 +31,7 @@ import (
 
 // ProjectBinaries are the project's programs the lab runs; `make build` puts
 // them in bin/.
-var ProjectBinaries = []string{"nettrace-lab", "nettrace-cni", "nettrace-node", "nettrace-dns"}
+var ProjectBinaries = []string{"nettrace-lab", "nettrace-cni", "nettrace-node", "nettrace-dns", "nettrace-agent"}
 
 // Lab is a lab being brought up or used.
 type Lab struct {
@@ -192,26 +192,35 @@ func (l *Lab) applyClusterObjects(ctx context.Context) error {
 	if err := l.Kubectl(ctx, nil, io.Discard, &stderr, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"); err != nil {
 		return fmt.Errorf("waiting for the CRDs: %w: %s", err, stderr.String())
 	}
-	if err := l.applyEmbedded(ctx, "lab"); err != nil {
+	if err := l.applyEmbedded(ctx, "lab", "agent/rbac.yaml"); err != nil {
 		return err
 	}
 	return l.ensureIPPool(ctx)
 }
 
-// applyEmbedded applies every manifest in one folder of deploy/.
-func (l *Lab) applyEmbedded(ctx context.Context, dir string) error {
-	entries, err := fs.ReadDir(deploy.Files, dir)
-	if err != nil {
-		return err
-	}
+// applyEmbedded applies manifests of deploy/: every file of a folder, or
+// one file.
+func (l *Lab) applyEmbedded(ctx context.Context, paths ...string) error {
 	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
+	for _, p := range paths {
+		if strings.HasSuffix(p, ".yaml") {
+			names = append(names, p)
+			continue
+		}
+		entries, err := fs.ReadDir(deploy.Files, p)
+		if err != nil {
+			return err
+		}
+		var inDir []string
+		for _, e := range entries {
+			inDir = append(inDir, p+"/"+e.Name())
+		}
+		sort.Strings(inDir)
+		names = append(names, inDir...)
 	}
-	sort.Strings(names)
 	var all bytes.Buffer
 	for _, n := range names {
-		b, err := deploy.Files.ReadFile(dir + "/" + n)
+		b, err := deploy.Files.ReadFile(n)
 		if err != nil {
 			return err
 		}
@@ -221,7 +230,7 @@ func (l *Lab) applyEmbedded(ctx context.Context, dir string) error {
 	}
 	var stderr bytes.Buffer
 	if err := l.Kubectl(ctx, &all, io.Discard, &stderr, "apply", "--server-side", "--force-conflicts", "-f", "-"); err != nil {
-		return fmt.Errorf("applying deploy/%s: %w: %s", dir, err, strings.TrimSpace(stderr.String()))
+		return fmt.Errorf("applying deploy/%s: %w: %s", strings.Join(paths, ", deploy/"), err, strings.TrimSpace(stderr.String()))
 	}
 	return nil
 }
