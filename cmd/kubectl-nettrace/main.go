@@ -1,8 +1,9 @@
 // Command kubectl-nettrace is the kubectl plugin `kubectl nettrace`: it
 // shows, hop by hop, what a packet meets on its way through a Kubernetes
-// node. `node` traces one flow on the node it runs on, without an API
-// server; `cleanup` removes what killed tracers left behind; `version`
-// prints the build.
+// cluster. `kubectl nettrace SOURCE TARGET` traces a flow across the
+// cluster through the node agents; `node` traces one flow on the node it
+// runs on, without an API server; `cleanup` removes what killed tracers left
+// behind; `version` prints the build.
 package main
 
 import (
@@ -17,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 
+	"github.com/kubectl-nettrace/nettrace/trace/cluster"
 	"github.com/kubectl-nettrace/nettrace/trace/engine"
 )
 
@@ -81,9 +83,13 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	// The kubectl flags (--kubeconfig, --context, -n …) behave as in
 	// kubectl; node and cleanup never contact an API server.
-	genericclioptions.NewConfigFlags(true).AddFlags(root.PersistentFlags())
+	flags := genericclioptions.NewConfigFlags(true)
+	flags.AddFlags(root.PersistentFlags())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newNodeCommand(stdout, stderr), newCleanupCommand(stdout), newVersionCommand(stdout))
+	traceCmd := newTraceCommand(flags)
+	root.AddCommand(traceCmd, newNodeCommand(stdout, stderr), newCleanupCommand(stdout), newVersionCommand(stdout))
+	// `kubectl nettrace SOURCE TARGET` is `kubectl nettrace trace SOURCE TARGET`.
+	traceAtRoot(root, traceCmd)
 	return root
 }
 
@@ -147,8 +153,10 @@ func exitCode(ctx context.Context, err error) int {
 		return exitInterrupted
 	case err == nil:
 		return exitOK
-	case errors.As(err, &usage), errors.Is(err, engine.ErrInvalid), !errors.As(err, &ranE):
+	case errors.As(err, &usage), errors.Is(err, engine.ErrInvalid), errors.Is(err, cluster.ErrInvalid), !errors.As(err, &ranE):
 		return exitBadInput
+	case errors.Is(err, cluster.ErrForbidden):
+		return exitForbidden
 	}
 	return exitCannotRun
 }
