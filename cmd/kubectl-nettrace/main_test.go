@@ -134,7 +134,7 @@ func TestNode(t *testing.T) {
 			{nodeArgs(c, "--from", enginetest.ClientIP, "--to", enginetest.ServiceAddr, "--netns", "/nonexistent"), "/nonexistent"},
 			{[]string{"node", "--from", enginetest.ClientIP, "--to", enginetest.ServiceAddr, "extra"}, "takes no arguments"},
 			{[]string{"node", "--frm", enginetest.ClientIP}, "unknown flag: --frm"},
-			{[]string{"trace"}, `unknown command "trace"`},
+			{[]string{"trace"}, `want SOURCE and TARGET, got 0 arguments`},
 		} {
 			r := runCommand(t, tc.args...)
 			if r.code != exitBadInput || !strings.Contains(r.stderr, tc.want) {

@@ -69,9 +69,10 @@ func TestTraceExitCodeOfEachKind(t *testing.T) {
 		code int
 	}{
 		{context.Background(), nil, exitOK},
-		{context.Background(), fmt.Errorf("resolving: %w", cluster.ErrInvalid), exitBadInput},
-		{context.Background(), fmt.Errorf("creating: %w", cluster.ErrForbidden), exitForbidden},
-		{context.Background(), fmt.Errorf("node k8s-w2: %w", cluster.ErrCannotRun), exitCannotRun},
+		{context.Background(), ran(fmt.Errorf("resolving: %w", cluster.ErrInvalid)), exitBadInput},
+		{context.Background(), ran(fmt.Errorf("creating: %w", cluster.ErrForbidden)), exitForbidden},
+		{context.Background(), ran(fmt.Errorf("node k8s-w2: %w", cluster.ErrCannotRun)), exitCannotRun},
+		{context.Background(), errors.New("cobra's own error about the command line"), exitBadInput},
 		{context.Background(), ran(errors.New("anything else")), exitCannotRun},
 		{canceled, context.Canceled, exitInterrupted},
 	} {
