@@ -49,9 +49,14 @@ func TestMain(m *testing.M) {
 func runMain(m *testing.M) int {
 	reuse := os.Getenv("NETTRACE_E2E_REUSE") == "1"
 	if !reuse {
+		// The tests need a lab of their own, made from nothing: a lab left
+		// up (or half up, after a crash) is taken down first.
 		if _, err := lab.Load(lab.DefaultStateDir); err == nil {
-			fmt.Fprintln(os.Stderr, "a lab is already up: run `bin/nettrace-lab down` first, or set NETTRACE_E2E_REUSE=1")
-			return 1
+			fmt.Fprintln(os.Stderr, "a lab is up: the end-to-end tests take it down and bring up their own (NETTRACE_E2E_REUSE=1 uses it instead)")
+			if out, err := exec.Command(bin("nettrace-lab"), "down").CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "nettrace-lab down: %v\n%s", err, out)
+				return 1
+			}
 		}
 	}
 	before, err := takeSnapshot()
