@@ -65,18 +65,26 @@ func FindPod(ip netip.Addr) (Pod, error) {
 	if err != nil {
 		return Pod{}, err
 	}
+	// A namespace that cannot be read is passed over: other programs create
+	// and delete namespaces all the time, and one going away answers with
+	// an error. The errors are told only when no namespace matched.
+	var skipped []error
 	for _, path := range candidates {
 		name, found, err := podEnd(path, veth.NetNsID, pod)
 		if err != nil {
-			return Pod{}, err
+			skipped = append(skipped, err)
+			continue
 		}
 		if found {
 			pod.PeerName, pod.Netns = name, path
 			return pod, nil
 		}
 	}
-	return Pod{}, fmt.Errorf("no network namespace holds the peer (ifindex %d) of %s with %s",
-		pod.PeerIndex, veth.Name, ip)
+	err = fmt.Errorf("no network namespace holds the peer (ifindex %d) of %s with %s", pod.PeerIndex, veth.Name, ip)
+	if len(skipped) > 0 {
+		err = fmt.Errorf("%w (%d namespaces could not be read: %w)", err, len(skipped), errors.Join(skipped...))
+	}
+	return Pod{}, err
 }
 
 // netnsPaths lists one path for each network namespace other than the
