@@ -5,7 +5,7 @@
 // asked, DNS to userspace, and only their headers unless FullPayload is
 // set. Each packet is decoded into a trace.Hop (package capture/decode) and
 // kept raw for the pcapng file (package capture/pcapng). A Capture is a
-// trace.Source.
+// trace.Widener: its filter is replaced, atomically, when its match grows.
 package capture
 
 import (
@@ -83,8 +83,8 @@ type Capture struct {
 	wake    int // eventfd that tells the reader to stop
 	ring    *ring
 
-	// mu guards armed and closed, and the descriptors against use while
-	// they are being closed.
+	// mu guards armed, closed and cfg.Match, and the descriptors against
+	// use while they are being closed.
 	mu        sync.Mutex
 	armed     bool
 	closed    bool
@@ -199,6 +199,11 @@ func linkType(hwType uint16) (layers.LinkType, error) {
 	return 0, fmt.Errorf("unsupported hardware type %d", hwType)
 }
 
+var _ trace.Widener = (*Capture)(nil)
+
+// attachFilter attaches the filter of the capture's match to the socket.
+// SO_ATTACH_FILTER replaces a filter already attached in one step: no
+// packet meets the socket without one of them.
 func (c *Capture) attachFilter() error {
 	raw, err := filter.Assemble(c.link, filter.Options{Match: c.cfg.Match, DNS: c.cfg.DNS, Snaplen: c.snaplen})
 	if err != nil {
@@ -216,6 +221,24 @@ func (c *Capture) attachFilter() error {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// Widen replaces the capture's filter with one for m, which selects what
+// the capture selects and more. The packets already queued in the ring stay
+// there.
+func (c *Capture) Widen(m trace.Match) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.sock < 0 {
+		return fmt.Errorf("widening the capture on %s: closed", c.cfg.Iface)
+	}
+	previous := c.cfg.Match
+	c.cfg.Match = m
+	if err := c.attachFilter(); err != nil {
+		c.cfg.Match = previous
+		return fmt.Errorf("widening the capture on %s: %w", c.cfg.Iface, err)
+	}
+	return nil
+}
 
 // Interface describes the capture for a pcapng Interface Description Block:
 // named "node/interface", with the netns as its description.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -68,7 +69,7 @@ func byKind(hops []trace.Hop, kind trace.HopKind) []trace.Hop {
 
 func TestCaptureVethFilter(t *testing.T) {
 	a, b := vethPair(t, "10.1.0.1/24", "10.1.0.2/24")
-	flow := trace.Match{Proto: trace.UDP, Port: 40001}
+	flow := trace.Match{Proto: trace.UDP, Ports: []uint16{40001}}
 	cfgA := Config{Iface: "a0", Node: "k8s-w1", Netns: a.name, Match: flow}
 	cfgB := Config{Iface: "b0", Node: "k8s-w2", Netns: b.name, Match: flow}
 	listenUDP(t, b, netip.AddrPortFrom(addrB, 40001))
@@ -124,6 +125,45 @@ func TestCaptureVethFilter(t *testing.T) {
 		}
 	}
 	checkPcapng(t, capA, capB)
+}
+
+// TestCaptureWiden widens a capture while it runs, as the engine does when
+// a NAT gives the flow a port its match did not name: the packets on the
+// new port and to the new end are captured from then on, not before, and
+// the flow's own port still is.
+func TestCaptureWiden(t *testing.T) {
+	a, b := vethPair(t, "10.1.0.1/24", "10.1.0.2/24")
+	cfg := Config{Iface: "b0", Node: "k8s-w2", Netns: b.name, Match: trace.Match{Proto: trace.UDP, Ports: []uint16{40001}}}
+	for _, port := range []uint16{40001, 40002, 8080} {
+		listenUDP(t, b, netip.AddrPortFrom(addrB, port))
+	}
+	c, rec := startCapture(t, b, cfg)
+	send := func(srcPort, dstPort uint16, payload string) {
+		sendUDP(t, a, netip.AddrPortFrom(addrA, srcPort), netip.AddrPortFrom(addrB, dstPort), 1, []byte(payload))
+	}
+	send(40001, 40001, "flow")
+	send(33333, 40002, "new port, before")
+	send(33334, 8080, "new end, before")
+	widened := trace.Match{Proto: trace.UDP, Ports: []uint16{40001, 40002}, Ends: []netip.AddrPort{netip.AddrPortFrom(addrB, 8080)}}
+	if err := c.Widen(widened); err != nil {
+		t.Fatalf("Widen: %v", err)
+	}
+	send(33335, 40002, "new port, after")
+	send(33336, 8080, "new end, after")
+	send(33337, 8081, "other port")
+	send(40001, 40001, "flow again")
+	closeCapture(t, c)
+
+	var got []uint16
+	for _, h := range byKind(rec.all(), trace.HopInterface) {
+		got = append(got, h.Packet.SrcPort)
+	}
+	if want := []uint16{40001, 33335, 33336, 40001}; !slices.Equal(got, want) {
+		t.Errorf("captured packets from ports %v, want %v", got, want)
+	}
+	if err := c.Widen(widened); err == nil {
+		t.Error("Widen after Close: no error")
+	}
 }
 
 // checkPcapng writes a file per capture, merges them, and reads both kinds
@@ -245,7 +285,7 @@ func TestCaptureTUN(t *testing.T) {
 
 	local, peer, remoteNode := netip.MustParseAddr("10.2.0.1"), netip.MustParseAddr("10.2.0.2"), netip.MustParseAddr("10.2.0.3")
 	pod, other := netip.MustParseAddr("172.16.1.5"), netip.MustParseAddr("172.16.2.9")
-	cfg := Config{Iface: "tunl0", Node: "k8s-w1", Match: trace.Match{Proto: trace.UDP, Port: 40001}}
+	cfg := Config{Iface: "tunl0", Node: "k8s-w1", Match: trace.Match{Proto: trace.UDP, Ports: []uint16{40001}}}
 	if c := mustOpenClose(t, n, cfg); c.link.String() != "Raw" {
 		t.Errorf("link type of a TUN device: %s, want Raw", c.link)
 	}
@@ -394,7 +434,7 @@ func TestCaptureProxyARPAndDNS(t *testing.T) {
 	name := "kubernetes.default.svc.cluster.local."
 	serveDNS(t, b, netip.AddrPortFrom(dnsAddr, 53), name, netip.MustParseAddr("10.96.0.1"))
 
-	match := trace.Match{Proto: trace.UDP, Port: 40001}
+	match := trace.Match{Proto: trace.UDP, Ports: []uint16{40001}}
 	headers, recHeaders := startCapture(t, a, Config{Iface: "a0", Node: "n", Match: match, DNS: true})
 	full, _ := startCapture(t, a, Config{Iface: "a0", Node: "n", Match: match, FullPayload: true})
 	big := make([]byte, 1000)
@@ -493,7 +533,7 @@ func TestCaptureReportsDrops(t *testing.T) {
 	var c *Capture
 	// The smallest ring, not read while the flood fills it.
 	a.do(t, func() (err error) {
-		c, err = Open(Config{Iface: "a0", Node: "k8s-w1", Match: trace.Match{Proto: trace.UDP, Port: 40001}, RingSize: 1})
+		c, err = Open(Config{Iface: "a0", Node: "k8s-w1", Match: trace.Match{Proto: trace.UDP, Ports: []uint16{40001}}, RingSize: 1})
 		return err
 	})
 	t.Cleanup(func() { c.Close() })

@@ -1,15 +1,16 @@
 // Package filter assembles the classic BPF program that a capture socket
 // attaches, so that the kernel copies to userspace only the packets of the
-// traced flow: its TCP or UDP ports or its ICMP addresses, ICMP errors about
-// it, ARP, the same flow inside IPIP and VXLAN, and optionally DNS. The
+// traced flow: its TCP or UDP ports and ends or its ICMP addresses, ICMP
+// errors about it, ARP, the same flow inside IPIP and VXLAN, and optionally
+// DNS. The
 // program's return value is the number of bytes kept, so it also applies the
 // snap length: headers only for the flow, whole packets for DNS.
 package filter
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/google/gopacket/layers"
 	"golang.org/x/net/bpf"
@@ -45,15 +46,23 @@ const (
 
 // Protocol numbers and ICMP types the program tests.
 const (
-	protoICMP         = 1
-	protoIPIP         = 4
-	protoUDP          = 17
-	etherTypeIPv4     = 0x0800
-	etherTypeARP      = 0x0806
-	icmpUnreachable   = 3
-	icmpTimeExceeded  = 11
-	icmpHeaderLen     = 8
+	protoICMP        = 1
+	protoIPIP        = 4
+	protoUDP         = 17
+	etherTypeIPv4    = 0x0800
+	etherTypeARP     = 0x0806
+	icmpUnreachable  = 3
+	icmpTimeExceeded = 11
+	icmpHeaderLen    = 8
+)
+
+// The scratch memory slots the program uses: the header offset saved
+// around the DNS test, and the addresses of the IPv4 header whose
+// transport header is being matched against the ends.
+const (
 	scratchHeaderBase = 0
+	scratchSrc        = 1
+	scratchDst        = 2
 )
 
 // Options says what the program keeps.
@@ -114,6 +123,11 @@ func validate(m trace.Match) error {
 	for _, a := range m.Addrs {
 		if !a.Unmap().Is4() {
 			return fmt.Errorf("building filter: address %s is not IPv4", a)
+		}
+	}
+	for _, e := range m.Ends {
+		if !e.Addr().Unmap().Is4() {
+			return fmt.Errorf("building filter: end %s is not IPv4", e)
 		}
 	}
 	return nil
@@ -247,8 +261,7 @@ func (p *program) flow(ip uint32, fail label) {
 	p.jump(bpf.JumpEqual, uint32(m.Proto.Number()), next, icmp)
 	p.loadAt(ip+ipFlagsFrag, 2)
 	p.jump(bpf.JumpBitsSet, fragOffset, fail, next)
-	p.advanceX(ip)
-	p.ports(ip, fail)
+	p.transport(ip, fail)
 
 	// An ICMP error quoting the flow's header: unreachable or TTL exceeded.
 	p.place(icmp)
@@ -261,22 +274,76 @@ func (p *program) flow(ip uint32, fail label) {
 	p.place(quoted)
 	p.loadAt(ip+icmpHeaderLen+ipProto, 1)
 	p.jump(bpf.JumpEqual, uint32(m.Proto.Number()), next, fail)
-	p.advanceX(ip + icmpHeaderLen)
-	p.ports(ip+icmpHeaderLen, fail)
+	p.transport(ip+icmpHeaderLen, fail)
 }
 
-// ports accepts when either port of the TCP or UDP header at X+l4 is the
-// traced one; a zero port accepts every packet of the protocol.
-func (p *program) ports(l4 uint32, fail label) {
-	port := uint32(p.opts.Match.Port)
-	if port == 0 {
+// transport matches the TCP or UDP header that follows the IPv4 header at
+// X+ip: it accepts when either port is one of the traced ports, or its
+// source or destination is one of the traced ends, and goes to fail
+// otherwise, with X advanced to the transport header. With neither ports
+// nor ends, every packet of the protocol is accepted.
+func (p *program) transport(ip uint32, fail label) {
+	m := p.opts.Match
+	if len(m.Ports) == 0 && len(m.Ends) == 0 {
 		p.goTo(accept)
 		return
 	}
-	p.loadAt(l4, 2)
-	p.jump(bpf.JumpEqual, port, accept, next)
-	p.loadAt(l4+2, 2)
-	p.jump(bpf.JumpEqual, port, accept, fail)
+	if len(m.Ends) > 0 {
+		p.loadAt(ip+ipSrc, 4)
+		p.emit(bpf.StoreScratch{Src: bpf.RegA, N: scratchSrc})
+		p.loadAt(ip+ipDst, 4)
+		p.emit(bpf.StoreScratch{Src: bpf.RegA, N: scratchDst})
+	}
+	p.advanceX(ip)
+	p.ports(ip)
+	p.ends(ip)
+	p.goTo(fail)
+}
+
+// ports accepts when either port of the transport header at X+l4 is one of
+// the traced ports; otherwise it falls through. The comparisons branch to
+// a jump to accept placed right after them, so that none spans far.
+func (p *program) ports(l4 uint32) {
+	ports := p.opts.Match.Ports
+	if len(ports) == 0 {
+		return
+	}
+	hit, miss := p.newLabel(), p.newLabel()
+	for _, side := range []uint32{0, 2} {
+		p.loadAt(l4+side, 2)
+		for _, port := range ports {
+			p.jump(bpf.JumpEqual, uint32(port), hit, next)
+		}
+	}
+	p.goTo(miss)
+	p.place(hit)
+	p.goTo(accept)
+	p.place(miss)
+}
+
+// ends accepts when the source or the destination of the packet, its
+// address (saved in scratch memory) and the port of the transport header
+// at X+l4, is one of the traced ends; otherwise it falls through.
+func (p *program) ends(l4 uint32) {
+	for _, side := range []struct {
+		addr uint32 // scratch slot
+		port uint32 // offset in the transport header
+	}{{scratchSrc, 0}, {scratchDst, 2}} {
+		for _, e := range p.opts.Match.Ends {
+			hit, miss := p.newLabel(), p.newLabel()
+			p.emit(bpf.LoadScratch{Dst: bpf.RegA, N: int(side.addr)})
+			if e.Port() == 0 {
+				p.jump(bpf.JumpEqual, addrValue(e.Addr()), hit, miss)
+			} else {
+				p.jump(bpf.JumpEqual, addrValue(e.Addr()), next, miss)
+				p.loadAt(l4+side.port, 2)
+				p.jump(bpf.JumpEqual, uint32(e.Port()), hit, miss)
+			}
+			p.place(hit)
+			p.goTo(accept)
+			p.place(miss)
+		}
+	}
 }
 
 // addresses accepts when the source or destination of the IPv4 header at
@@ -316,40 +383,87 @@ func addrValue(a netip.Addr) uint32 {
 	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
-// errTooFar is returned when a branch spans more than a classic BPF jump can.
-var errTooFar = errors.New("branch spans more than 255 instructions: too many addresses")
+// maxInstructions is the longest program the kernel attaches (BPF_MAXINSNS).
+const maxInstructions = 4096
 
-// resolve appends the returns and turns labelled branches into relative jumps.
+// errTooLong is returned for a program the kernel would refuse.
+var errTooLong = fmt.Errorf("program longer than the kernel's %d instructions: too many ports or addresses", maxInstructions)
+
+// maxSkip is the farthest a conditional jump reaches.
+const maxSkip = 255
+
+// resolve appends the returns and turns labelled branches into relative
+// jumps. A conditional jump reaches 255 instructions at most: one whose
+// target lies farther is given a trampoline, an unconditional jump placed
+// right after it, which reaches anywhere.
 func (p *program) resolve() ([]bpf.Instruction, error) {
-	returns := map[label]int{}
+	returns := map[label]label{}
 	for _, r := range []struct {
 		l   label
 		val uint32
 	}{{accept, p.keep}, {acceptWhole, Whole}, {reject, 0}} {
-		returns[r.l] = len(p.insns)
+		returns[r.l] = p.newLabel()
+		p.place(returns[r.l])
 		p.emit(bpf.RetConstant{Val: r.val})
 	}
-	// skip is the distance from the instruction after b to l.
-	skip := func(b branch, l label) int {
-		switch {
-		case l == next:
-			return 0
-		case l < 0:
-			return returns[l] - b.position - 1
-		default:
-			return p.labels[l] - b.position - 1
+	// Every target becomes a placed label, so that trampolines can be
+	// inserted: the next instruction moves along with them.
+	for i := range p.pending {
+		b := &p.pending[i]
+		for _, target := range []*label{&b.yes, &b.no} {
+			switch {
+			case *target == next:
+				*target = p.newLabel()
+				p.labels[*target] = b.position + 1
+			case *target < 0:
+				*target = returns[*target]
+			}
 		}
 	}
+	for moved := true; moved; {
+		moved = false
+		for i := range p.pending {
+			if b := p.pending[i]; b.yes != b.no && p.skip(b, b.yes) > maxSkip {
+				p.pending[i].yes, moved = p.trampoline(b.position+1, b.yes), true
+			}
+			if b := p.pending[i]; b.yes != b.no && p.skip(b, b.no) > maxSkip {
+				p.pending[i].no, moved = p.trampoline(b.position+1, b.no), true
+			}
+		}
+	}
+	if len(p.insns) > maxInstructions {
+		return nil, fmt.Errorf("building filter: %w", errTooLong)
+	}
 	for _, b := range p.pending {
-		yes, no := skip(b, b.yes), skip(b, b.no)
+		yes, no := p.skip(b, b.yes), p.skip(b, b.no)
 		if b.yes == b.no {
 			p.insns[b.position] = bpf.Jump{Skip: uint32(yes)}
 			continue
 		}
-		if yes > 255 || no > 255 {
-			return nil, fmt.Errorf("building filter: %w", errTooFar)
-		}
 		p.insns[b.position] = bpf.JumpIf{Cond: b.cond, Val: b.val, SkipTrue: uint8(yes), SkipFalse: uint8(no)}
 	}
 	return p.insns, nil
+}
+
+// skip is the distance from the instruction after branch b to label l.
+func (p *program) skip(b branch, l label) int { return p.labels[l] - b.position - 1 }
+
+// trampoline inserts an unconditional jump to l at position at, moving
+// what follows, and returns the label of the jump.
+func (p *program) trampoline(at int, l label) label {
+	p.insns = slices.Insert(p.insns, at, bpf.Instruction(nil))
+	for i, pos := range p.labels {
+		if pos >= at {
+			p.labels[i] = pos + 1
+		}
+	}
+	for i := range p.pending {
+		if p.pending[i].position >= at {
+			p.pending[i].position++
+		}
+	}
+	p.pending = append(p.pending, branch{yes: l, no: l, position: at})
+	jump := p.newLabel()
+	p.labels[jump] = at
+	return jump
 }

@@ -57,8 +57,8 @@ func kept(opts Options, packet []byte, match bool) int {
 }
 
 func TestFilterTCPUDP(t *testing.T) {
-	udp := Options{Match: trace.Match{Proto: trace.UDP, Port: 40001}, Snaplen: 64}
-	tcp := Options{Match: trace.Match{Proto: trace.TCP, Port: 40001}, Snaplen: 64}
+	udp := Options{Match: trace.Match{Proto: trace.UDP, Ports: []uint16{40001}}, Snaplen: 64}
+	tcp := Options{Match: trace.Match{Proto: trace.TCP, Ports: []uint16{40001}}, Snaplen: 64}
 	payload := make([]byte, 500)
 	request := testpackets.UDP(ap(pod, 40001), ap(svc, 53), payload)
 	reply := testpackets.UDP(ap(svc, 53), ap(pod, 40001), payload)
@@ -106,6 +106,57 @@ func TestFilterTCPUDP(t *testing.T) {
 	}
 }
 
+// TestFilterWidened checks a match widened across NAT: several ports, an
+// end (an address and port) and an address-wide end, each on both sides of
+// the packet, inside tunnels and quoted by ICMP errors.
+func TestFilterWidened(t *testing.T) {
+	snat := ap(nodeA, 61234) // the client after a MASQUERADE --random-fully
+	endpoint := ap(other, 8080)
+	opts := Options{Match: trace.Match{Proto: trace.TCP, Ports: []uint16{40001, 40002},
+		Ends: []netip.AddrPort{snat, endpoint, ap(gateway, 0)}}, Snaplen: 64}
+	tests := []struct {
+		name   string
+		packet []byte
+		kept   bool
+	}{
+		{"first port", testpackets.TCPSyn(ap(pod, 40001), ap(svc, 80)), true},
+		{"second port, as destination", testpackets.TCPSyn(ap(svc, 80), ap(pod, 40002)), true},
+		{"other ports", testpackets.TCPSyn(ap(pod, 40003), ap(svc, 80)), false},
+		{"after SNAT", testpackets.TCPSyn(snat, ap(svc, 80)), true},
+		{"reply to the SNAT end", testpackets.TCPSyn(ap(svc, 80), snat), true},
+		{"SNAT address, other port", testpackets.TCPSyn(ap(nodeA, 61235), ap(svc, 80)), false},
+		{"SNAT port, other address", testpackets.TCPSyn(ap(nodeB, 61234), ap(svc, 80)), false},
+		{"to the endpoint", testpackets.TCPSyn(ap(nodeB, 33333), endpoint), true},
+		{"from the endpoint", testpackets.TCPSyn(endpoint, ap(nodeB, 33333)), true},
+		{"endpoint address, other port", testpackets.TCPSyn(ap(nodeB, 33333), ap(other, 8081)), false},
+		{"any port of an address", testpackets.TCPSyn(ap(gateway, 1), ap(nodeB, 2)), true},
+		{"udp to the endpoint", testpackets.UDP(ap(nodeB, 33333), endpoint, nil), false},
+		{"to the endpoint over ipip", testpackets.IPIP(nodeA, nodeB, testpackets.TCPSyn(snat, endpoint)), true},
+		{"to the endpoint over vxlan", testpackets.VXLAN(nodeA, nodeB, 1, testpackets.TCPSyn(snat, endpoint)), true},
+		{"unreachable quoting the SNAT end", testpackets.ICMPError(nodeB, nodeA, 3, 1, testpackets.TCPSyn(snat, ap(svc, 80))), true},
+		{"unreachable quoting another flow", testpackets.ICMPError(nodeB, nodeA, 3, 1, testpackets.TCPSyn(ap(nodeA, 1), ap(svc, 80))), false},
+	}
+	for _, tc := range tests {
+		for _, link := range []layers.LinkType{layers.LinkTypeRaw, layers.LinkTypeEthernet} {
+			packet := tc.packet
+			if link == layers.LinkTypeEthernet {
+				packet = testpackets.EthernetIPv4(packet)
+			}
+			if got, want := run(t, link, opts, packet), kept(opts, packet, tc.kept); got != want {
+				t.Errorf("%s on %s: kept %d bytes, want %d", tc.name, link, got, want)
+			}
+		}
+	}
+	// Ends alone, without a port.
+	endsOnly := Options{Match: trace.Match{Proto: trace.TCP, Ends: []netip.AddrPort{endpoint}}}
+	if got := run(t, layers.LinkTypeRaw, endsOnly, testpackets.TCPSyn(ap(pod, 40001), ap(svc, 80))); got != 0 {
+		t.Errorf("ends only, another flow: kept %d bytes, want 0", got)
+	}
+	if syn := testpackets.TCPSyn(ap(pod, 40001), endpoint); run(t, layers.LinkTypeRaw, endsOnly, syn) != len(syn) {
+		t.Errorf("ends only, to the end: not kept whole")
+	}
+}
+
 func TestFilterICMP(t *testing.T) {
 	opts := Options{Match: trace.Match{Proto: trace.ICMP, Addrs: []netip.Addr{svc, pod}}, Snaplen: 96}
 	tests := []struct {
@@ -129,7 +180,7 @@ func TestFilterICMP(t *testing.T) {
 }
 
 func TestFilterDNSKeptWhole(t *testing.T) {
-	opts := Options{Match: trace.Match{Proto: trace.TCP, Port: 40001}, DNS: true, Snaplen: 64}
+	opts := Options{Match: trace.Match{Proto: trace.TCP, Ports: []uint16{40001}}, DNS: true, Snaplen: 64}
 	query := testpackets.DNSQuery(ap(pod, 33333), ap(svc, 53), 7, "kubernetes.default.svc.cluster.local.")
 	answer := testpackets.UDP(ap(svc, 53), ap(pod, 33333),
 		testpackets.DNSMessage(7, "kubernetes.default.svc.cluster.local.", true, []netip.Addr{svc}))
@@ -150,7 +201,7 @@ func TestFilterDNSKeptWhole(t *testing.T) {
 }
 
 func TestFilterARP(t *testing.T) {
-	opts := Options{Match: trace.Match{Proto: trace.TCP, Port: 40001}, Snaplen: 128}
+	opts := Options{Match: trace.Match{Proto: trace.TCP, Ports: []uint16{40001}}, Snaplen: 128}
 	request := testpackets.ARPRequest(testpackets.MACA, pod, gateway)
 	reply := testpackets.ARPReply(testpackets.ProxyMAC, gateway, testpackets.MACA, pod)
 	for name, packet := range map[string][]byte{"request": request, "reply": reply} {
@@ -165,7 +216,7 @@ func TestFilterARP(t *testing.T) {
 }
 
 func TestFilterRejectsFragments(t *testing.T) {
-	opts := Options{Match: trace.Match{Proto: trace.UDP, Port: 40001}}
+	opts := Options{Match: trace.Match{Proto: trace.UDP, Ports: []uint16{40001}}}
 	packet := testpackets.UDP(ap(pod, 1234), ap(svc, 5678), []byte{0x9c, 0x41, 0x9c, 0x41})
 	// Make it a later fragment whose payload happens to start with the port.
 	packet[6], packet[7] = 0x00, 0x01
@@ -184,14 +235,38 @@ func TestBuildErrors(t *testing.T) {
 	if _, err := Build(layers.LinkTypeRaw, v6); err == nil {
 		t.Error("IPv6 address: no error")
 	}
+	v6End := Options{Match: trace.Match{Proto: trace.TCP, Ends: []netip.AddrPort{netip.MustParseAddrPort("[fd00::1]:80")}}}
+	if _, err := Build(layers.LinkTypeRaw, v6End); err == nil {
+		t.Error("IPv6 end: no error")
+	}
 	if _, err := Build(layers.LinkTypePPP, Options{Match: trace.Match{Proto: trace.TCP}}); err == nil {
 		t.Error("PPP link: no error")
 	}
+	// Branches that reach too far go through trampolines: a service's
+	// many addresses fit, up to the kernel's bound on the program.
 	many := Options{Match: trace.Match{Proto: trace.ICMP}}
 	for i := range 200 {
 		many.Match.Addrs = append(many.Match.Addrs, netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}))
 	}
-	if _, err := Build(layers.LinkTypeRaw, many); !errors.Is(err, errTooFar) {
-		t.Errorf("200 addresses: err %v, want %v", err, errTooFar)
+	echo := testpackets.ICMPEcho(pod, many.Match.Addrs[199], 1, 1)
+	if got := run(t, layers.LinkTypeRaw, many, echo); got != len(echo) {
+		t.Errorf("200 addresses, echo to the last: kept %d bytes, want %d", got, len(echo))
+	}
+	if got := run(t, layers.LinkTypeRaw, many, testpackets.ICMPEcho(pod, other, 1, 1)); got != 0 {
+		t.Errorf("200 addresses, echo to another: kept %d bytes, want 0", got)
+	}
+	for i := 200; i < 2000; i++ {
+		many.Match.Addrs = append(many.Match.Addrs, netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}))
+	}
+	if _, err := Build(layers.LinkTypeRaw, many); !errors.Is(err, errTooLong) {
+		t.Errorf("2000 addresses: err %v, want %v", err, errTooLong)
+	}
+	manyEnds := Options{Match: trace.Match{Proto: trace.TCP, Ports: []uint16{40001}}}
+	for i := range 50 {
+		manyEnds.Match.Ends = append(manyEnds.Match.Ends, ap(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 8080))
+	}
+	last := testpackets.TCPSyn(ap(pod, 33333), manyEnds.Match.Ends[49])
+	if got := run(t, layers.LinkTypeRaw, manyEnds, last); got != len(last) {
+		t.Errorf("50 ends, to the last: kept %d bytes, want %d", got, len(last))
 	}
 }

@@ -112,14 +112,20 @@ func TestMatches(t *testing.T) {
 		original, reply trace.Tuple
 		want            bool
 	}{
-		{"TCP by source port", trace.Match{Proto: trace.TCP, Port: 40001}, tcp, tcpReply, true},
-		{"TCP by port after SNAT", trace.Match{Proto: trace.TCP, Port: 51000}, tcp, tcpReply, true},
-		{"TCP by destination port", trace.Match{Proto: trace.TCP, Port: 8080}, tcp, tcpReply, true},
-		{"TCP other port", trace.Match{Proto: trace.TCP, Port: 40002}, tcp, tcpReply, false},
-		{"other protocol", trace.Match{Proto: trace.UDP, Port: 40001}, tcp, tcpReply, false},
+		{"TCP by source port", trace.Match{Proto: trace.TCP, Ports: []uint16{40001}}, tcp, tcpReply, true},
+		{"TCP by port after SNAT", trace.Match{Proto: trace.TCP, Ports: []uint16{51000}}, tcp, tcpReply, true},
+		{"TCP by destination port", trace.Match{Proto: trace.TCP, Ports: []uint16{8080}}, tcp, tcpReply, true},
+		{"TCP by one of several ports", trace.Match{Proto: trace.TCP, Ports: []uint16{40002, 8080}}, tcp, tcpReply, true},
+		{"TCP other port", trace.Match{Proto: trace.TCP, Ports: []uint16{40002}}, tcp, tcpReply, false},
+		{"TCP by the service", trace.Match{Proto: trace.TCP, Ends: []netip.AddrPort{ep("10.96.0.10:80")}}, tcp, tcpReply, true},
+		{"TCP by the endpoint", trace.Match{Proto: trace.TCP, Ends: []netip.AddrPort{ep("10.2.0.2:8080")}}, tcp, tcpReply, true},
+		{"TCP by an address, any port", trace.Match{Proto: trace.TCP, Ends: []netip.AddrPort{ep("10.2.0.1:0")}}, tcp, tcpReply, true},
+		{"TCP by another end", trace.Match{Proto: trace.TCP, Ends: []netip.AddrPort{ep("10.2.0.2:8081")}}, tcp, tcpReply, false},
+		{"TCP with nothing to match", trace.Match{Proto: trace.TCP, Addrs: []netip.Addr{addr("10.96.0.10")}}, tcp, tcpReply, false},
+		{"other protocol", trace.Match{Proto: trace.UDP, Ports: []uint16{40001}}, tcp, tcpReply, false},
 		{"ICMP by address", trace.Match{Proto: trace.ICMP, Addrs: []netip.Addr{addr("10.96.0.10")}}, icmp, icmpReply, true},
-		{"ICMP by address and id", trace.Match{Proto: trace.ICMP, Port: 40001, Addrs: []netip.Addr{addr("10.2.0.2")}}, icmp, icmpReply, true},
-		{"ICMP other id", trace.Match{Proto: trace.ICMP, Port: 40002, Addrs: []netip.Addr{addr("10.96.0.10")}}, icmp, icmpReply, false},
+		{"ICMP by address and id", trace.Match{Proto: trace.ICMP, Ports: []uint16{40001}, Addrs: []netip.Addr{addr("10.2.0.2")}}, icmp, icmpReply, true},
+		{"ICMP other id", trace.Match{Proto: trace.ICMP, Ports: []uint16{40002}, Addrs: []netip.Addr{addr("10.96.0.10")}}, icmp, icmpReply, false},
 		{"ICMP other address", trace.Match{Proto: trace.ICMP, Addrs: []netip.Addr{addr("10.9.9.9")}}, icmp, icmpReply, false},
 	}
 	for _, tt := range tests {

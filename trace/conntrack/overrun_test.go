@@ -41,7 +41,7 @@ func TestSourceCountsOverruns(t *testing.T) {
 	const first, second = 40001, 40002
 	unblock := make(chan struct{})
 	reported := make(chan trace.Hop, 10)
-	src := New(Config{Node: "n", Match: trace.Match{Proto: trace.TCP, Addrs: []netip.Addr{netip.MustParseAddr("10.96.0.10")}}})
+	src := New(Config{Node: "n", Match: trace.Match{Proto: trace.TCP, Ends: []netip.AddrPort{netip.MustParseAddrPort("10.96.0.10:0")}}})
 	src.readBuffer = 4096
 	emit := func(h trace.Hop) {
 		reported <- h

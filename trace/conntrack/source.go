@@ -37,15 +37,19 @@ type Config struct {
 	Match trace.Match
 }
 
-// Source is a trace.Source for the conntrack table of the network namespace
-// it is armed in. It emits one HopNAT per rewrite of each matching entry,
-// once, whether the entry was found by the dump at arm time or by a new,
-// update or destroy event. When the kernel drops events because the socket
-// overran (ENOBUFS), it counts a loss and dumps the table again so that no
-// entry is missed for good.
+// Source is a trace.Widener for the conntrack table of the network
+// namespace it is armed in. It emits one HopNAT per rewrite of each
+// matching entry, once, whether the entry was found by the dump at arm
+// time, by a dump when its match widened, or by a new, update or destroy
+// event. When the kernel drops events because the socket overran
+// (ENOBUFS), it counts a loss and dumps the table again so that no entry is
+// missed for good.
 type Source struct {
 	cfg        Config
 	readBuffer int
+	// dumping serializes the dumps of the reader (after an overrun) and
+	// of Widen on the query socket.
+	dumping sync.Mutex
 
 	events        *netfilter.Conn
 	queries       *ct.Conn
@@ -54,6 +58,7 @@ type Source struct {
 	closing       atomic.Bool
 	reading       sync.WaitGroup
 
+	// mu guards cfg.Match and what follows.
 	mu          sync.Mutex
 	seen        map[natKey]bool
 	overruns    int
@@ -68,6 +73,8 @@ type natKey struct {
 	original trace.Tuple
 	reply    trace.Tuple
 }
+
+var _ trace.Widener = (*Source)(nil)
 
 // New returns a Source for cfg. It does nothing until Arm.
 func New(cfg Config) *Source {
@@ -119,8 +126,28 @@ func (s *Source) subscribe() error {
 	return nil
 }
 
+// Widen makes the source follow the entries that m matches, and dumps the
+// table for those that were made before: their new event went by unseen.
+func (s *Source) Widen(m trace.Match) error {
+	if s.closing.Load() {
+		return errors.New("widening conntrack: closed")
+	}
+	s.mu.Lock()
+	s.cfg.Match = m
+	s.mu.Unlock()
+	if err := s.dump(); err != nil {
+		return fmt.Errorf("widening conntrack: %w", err)
+	}
+	return nil
+}
+
 // dump reports the matching entries that are in the table now.
 func (s *Source) dump() error {
+	s.dumping.Lock()
+	defer s.dumping.Unlock()
+	if s.queries == nil {
+		return errors.New("dumping conntrack table: closed")
+	}
 	entries, err := s.queries.Dump(nil)
 	if err != nil {
 		return fmt.Errorf("dumping conntrack table: %w", err)
@@ -182,7 +209,13 @@ func (s *Source) overran() {
 // report emits the rewrites of entry that match and were not reported yet.
 func (s *Source) report(entry ct.Flow, seenAt time.Time) {
 	original, reply, err := Tuples(entry)
-	if err != nil || !matches(s.cfg.Match, original, reply) {
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	m := s.cfg.Match
+	s.mu.Unlock()
+	if !matches(m, original, reply) {
 		return
 	}
 	at := seenAt
@@ -243,7 +276,7 @@ func (s *Source) Close() ([]trace.Loss, error) {
 }
 
 // release closes the sockets that are still open and restores the event
-// setting. The reader must not be running.
+// setting. The reader must not be running; a dump Widen runs is waited for.
 func (s *Source) release() error {
 	var errs []error
 	if s.events != nil {
@@ -252,6 +285,8 @@ func (s *Source) release() error {
 		}
 		s.events = nil
 	}
+	s.dumping.Lock()
+	defer s.dumping.Unlock()
 	if s.queries != nil {
 		if err := s.queries.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("closing conntrack netlink socket: %w", err))

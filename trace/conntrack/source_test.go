@@ -64,7 +64,7 @@ func plan(t *testing.T, lab *probetest.Lab, spec probe.Spec) *probe.Probe {
 func arm(t *testing.T, lab *probetest.Lab, flow trace.Flow, got *hops) *conntrack.Source {
 	t.Helper()
 	src := conntrack.New(conntrack.Config{Node: "router", Netns: "router",
-		Match: trace.Match{Proto: flow.Proto, Port: flow.SrcPort, Addrs: []netip.Addr{flow.Src, flow.Dst}}})
+		Match: trace.Match{Proto: flow.Proto, Ports: []uint16{flow.SrcPort}, Addrs: []netip.Addr{flow.Src, flow.Dst}}})
 	err := lab.Router.Do(func(ns.NetNS) error { return src.Arm(context.Background(), got.emit) })
 	if err != nil {
 		t.Fatalf("arming conntrack source: %v", err)
@@ -189,5 +189,37 @@ func TestSourceEnablesEventsAndRestores(t *testing.T) {
 	}
 	if hostAfter, _ := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_events"); string(hostAfter) != string(hostBefore) {
 		t.Errorf("Close changed the test process's own %s from %q to %q", sysctl, hostBefore, hostAfter)
+	}
+}
+
+// TestSourceWiden arms a source whose match misses the probe's entry, and
+// widens it once the entry is in the table: the dump that Widen makes finds
+// the entry whose new event went by unmatched.
+func TestSourceWiden(t *testing.T) {
+	lab := probetest.New(t)
+	p := plan(t, lab, probe.Spec{Kind: probe.TCP, Dst: probetest.ServiceIP, DstPort: 80})
+	flow := p.Flow()
+	var got hops
+	other := trace.Match{Proto: trace.TCP, Ports: []uint16{flow.SrcPort + 1}}
+	src := conntrack.New(conntrack.Config{Node: "router", Netns: "router", Match: other})
+	if err := lab.Router.Do(func(ns.NetNS) error { return src.Arm(context.Background(), got.emit) }); err != nil {
+		t.Fatalf("arming conntrack source: %v", err)
+	}
+	if res, err := p.Send(context.Background()); err != nil || res.Answer != probe.Replied {
+		t.Fatalf("probe: %+v, %v", res, err)
+	}
+	time.Sleep(100 * time.Millisecond) // the entry's events go by
+	if n := len(got.wait(0)); n != 0 {
+		t.Fatalf("before widening, %d hops, want none", n)
+	}
+	widened := other.Clone()
+	widened.Ends = append(widened.Ends, netip.AddrPortFrom(probetest.ServerIP, probetest.TCPPort))
+	if err := src.Widen(widened); err != nil {
+		t.Fatalf("Widen: %v", err)
+	}
+	checkHops(t, got.wait(2), wantNAT(flow, probetest.TCPPort))
+	closeSource(t, src)
+	if err := src.Widen(widened); err == nil {
+		t.Error("Widen after Close: no error")
 	}
 }

@@ -128,7 +128,7 @@ func TestSessionsIPIP(t *testing.T) {
 		return err
 	})
 	flow := pr.Flow()
-	match := trace.Match{Proto: trace.TCP, Port: flow.SrcPort, Addrs: []netip.Addr{flow.Src, flow.Dst}}
+	match := trace.Match{Proto: trace.TCP, Ports: []uint16{flow.SrcPort}}
 	ctx := context.Background()
 	var sessions []*Session
 	for _, n := range []struct {
@@ -136,7 +136,7 @@ func TestSessionsIPIP(t *testing.T) {
 		pod   *enginetest.Pod
 		label string
 	}{{w1, client, "default/client"}, {w2, server, "default/server"}} {
-		s, err := Start(ctx, Config{Node: n.node.Name, Netns: n.node.Netns.Path(), Match: match,
+		s, err := Start(ctx, Config{Node: n.node.Name, Netns: n.node.Netns.Path(), Match: match, Flow: flow,
 			Watch: []Watch{{Path: n.pod.Netns.Path(), Label: n.label}}, PathInterfaces: []string{n.pod.Veth}})
 		if err != nil {
 			t.Fatal(err)

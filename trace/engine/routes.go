@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/kubectl-nettrace/nettrace/trace"
@@ -42,6 +43,42 @@ func directionOf(flow trace.Flow, p *trace.Packet) trace.Direction {
 	return ""
 }
 
+// directions tells the request of a flow from its reply on one node: by
+// the client's port (directionOf), or, once a SNAT that the node's
+// conntrack reported gave the client another end, by that end.
+type directions struct {
+	flow trace.Flow
+	// clients are the client's ends after the flow's SNATs.
+	clients []netip.AddrPort
+}
+
+// directionsOf collects the client's ends after the SNATs of flow among
+// the node's hops.
+func directionsOf(flow trace.Flow, hops []trace.Hop) directions {
+	d := directions{flow: flow}
+	for _, h := range hops {
+		if h.Kind == trace.HopNAT && h.NAT != nil && h.Netns == "" && h.NAT.Type == "SNAT" && follows(flow, h.NAT) {
+			d.clients = append(d.clients, h.NAT.To)
+		}
+	}
+	return d
+}
+
+// of says whether p is the request or the reply of the flow; "" when it
+// is neither.
+func (d directions) of(p *trace.Packet) trace.Direction {
+	if dir := directionOf(d.flow, p); dir != "" || p.Proto != d.flow.Proto || p.Proto == trace.ICMP {
+		return dir
+	}
+	switch {
+	case slices.Contains(d.clients, netip.AddrPortFrom(p.Src, p.SrcPort)):
+		return trace.Request
+	case slices.Contains(d.clients, netip.AddrPortFrom(p.Dst, p.DstPort)):
+		return trace.Reply
+	}
+	return ""
+}
+
 // routeLookups looks up, in the calling thread's network namespace, the
 // route that the first packet of the request and of the reply took on the
 // node (see routedPacket), as FIB lookup hops of the direction. A lookup
@@ -52,8 +89,9 @@ func routeLookups(node string, flow trace.Flow, hops []trace.Hop) ([]trace.Hop, 
 		routes []trace.Hop
 		lost   []trace.Loss
 	)
+	d := directionsOf(flow, hops)
 	for _, dir := range []trace.Direction{trace.Request, trace.Reply} {
-		q, ok := routedPacket(flow, dir, hops)
+		q, ok := routedPacket(d, dir, hops)
 		if !ok {
 			continue
 		}
@@ -78,12 +116,12 @@ func routeLookups(node string, flow trace.Flow, hops []trace.Hop) ([]trace.Hop, 
 // sent itself (one that met OUTPUT) is looked up as the node's own, without
 // a source or an input interface: a REJECT rule's answer carries the
 // address it answers for.
-func routedPacket(flow trace.Flow, dir trace.Direction, hops []trace.Hop) (route.Query, bool) {
+func routedPacket(d directions, dir trace.Direction, hops []trace.Hop) (route.Query, bool) {
 	var entered *trace.Hop
 	local := false
 	for i := range hops {
 		h := &hops[i]
-		if h.Netns != "" || h.Packet == nil || directionOf(flow, h.Packet) != dir {
+		if h.Netns != "" || h.Packet == nil || d.of(h.Packet) != dir {
 			continue
 		}
 		switch h.Kind {
@@ -108,10 +146,10 @@ func routedPacket(flow trace.Flow, dir trace.Direction, hops []trace.Hop) (route
 		if entered.Rule != nil {
 			q.Iif = entered.Rule.InIface
 		}
-		q.Mark = preroutingMark(flow, dir, kindOf(p), hops)
+		q.Mark = preroutingMark(d, dir, kindOf(p), hops)
 	}
 	for _, h := range hops {
-		if h.Kind != trace.HopNAT || h.NAT == nil || h.Netns != "" || h.NAT.Original.Src.Port() != flow.SrcPort {
+		if h.Kind != trace.HopNAT || h.NAT == nil || h.Netns != "" || !follows(d.flow, h.NAT) {
 			continue
 		}
 		n := h.NAT
@@ -127,11 +165,11 @@ func routedPacket(flow trace.Flow, dir trace.Direction, hops []trace.Hop) (route
 
 // preroutingMark is the mark of the last PREROUTING rule hop of the packet
 // of one direction and kind: the mark routing saw.
-func preroutingMark(flow trace.Flow, dir trace.Direction, kind string, hops []trace.Hop) uint32 {
+func preroutingMark(d directions, dir trace.Direction, kind string, hops []trace.Hop) uint32 {
 	var mark uint32
 	for _, h := range hops {
 		if h.Kind == trace.HopRule && h.Netns == "" && h.Packet != nil && inChain(h.Rule, "PREROUTING") &&
-			directionOf(flow, h.Packet) == dir && kindOf(h.Packet) == kind {
+			d.of(h.Packet) == dir && kindOf(h.Packet) == kind {
 			mark = h.Rule.Mark
 		}
 	}

@@ -24,8 +24,15 @@ type Config struct {
 	// Netns is the path of the node's network namespace; empty means the
 	// calling thread's.
 	Netns string
-	// Match selects the traced flow, in every source.
+	// Match selects the traced flow, in every source. It widens while the
+	// session runs, to follow the flow across NAT (see Session).
 	Match trace.Match
+	// Flow is the flow followed, as its client sends it; its SrcPort is
+	// zero until known (live). The rewrites that conntrack reports for
+	// connections from its client, and port, widen the match; with no
+	// flow, every rewrite that conntrack reports does. Live, the DNATs of
+	// other connections to its destination add their endpoints.
+	Flow trace.Flow
 	// Watch lists other network namespaces to capture in, such as the
 	// source pod's.
 	Watch []Watch
@@ -52,6 +59,18 @@ type Watch struct {
 // Session follows one flow on one node: from Start to Stop, the netfilter
 // tracer and conntrack in the node's namespace and the captures there and
 // in the watched namespaces pass their hops to it.
+//
+// The sources select the flow by its match. When conntrack reports a
+// rewrite of the flow after which the match no longer selects it (a
+// MASQUERADE that gave it a new source port, a DNAT to an address and port
+// the match does not name), the session widens the match of every source
+// with the end the rewrite introduced. The widening runs once conntrack
+// reported the rewrite, a moment after the rewritten packet went by: it
+// catches the packets that follow, the reply among them when it takes
+// longer to come than the widening to apply. A match wide enough to select
+// the first rewritten packet has to be armed with it, or, live, learned
+// from the connections to the same destination that conntrack holds when
+// the session arms.
 type Session struct {
 	cfg  Config
 	node ns.NetNS
@@ -64,10 +83,15 @@ type Session struct {
 	captures  []*nodeCapture
 	skipped   []string
 
+	widener *widener
+
 	mu      sync.Mutex
 	hops    []trace.Hop
 	last    time.Time
 	changed chan struct{} // closed and replaced when a hop arrives
+	// match is what the sources select, or are about to once the
+	// widener applied it: cfg.Match, widened.
+	match trace.Match
 
 	stopOnce  sync.Once
 	collected *Collected
@@ -81,6 +105,15 @@ type nodeCapture struct {
 	iface string
 	// label is the watched namespace's label; empty for the node's own.
 	label string
+}
+
+// name names the captured interface: "eth0", or "default/client eth0" in a
+// watched namespace.
+func (c *nodeCapture) name() string {
+	if c.label == "" {
+		return c.iface
+	}
+	return c.label + " " + c.iface
 }
 
 // Start arms a session. In the node's namespace it removes what dead
@@ -99,7 +132,7 @@ func Start(ctx context.Context, cfg Config) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{cfg: cfg, node: node, changed: make(chan struct{})}
+	s := &Session{cfg: cfg, node: node, changed: make(chan struct{}), match: cfg.Match.Clone(), widener: newWidener()}
 	if err := s.arm(ctx); err != nil {
 		_, cerr := s.Stop(trace.Flow{})
 		return nil, errors.Join(err, cerr)
@@ -188,6 +221,13 @@ func (s *Session) arm(ctx context.Context) error {
 			return err
 		}
 	}
+	// What conntrack's dump taught while arming is in place when Start
+	// returns; the widener follows from there.
+	applied := s.Match()
+	if !sameMatch(applied, s.cfg.Match) {
+		s.widener.apply(s, applied)
+	}
+	s.widener.start(s, applied)
 	return nil
 }
 
@@ -257,7 +297,8 @@ func (s *Session) openCaptures(ifaces []string, label string, ring int) ([]*node
 	return opened, nil
 }
 
-// emit collects a hop; the sources call it from their goroutines.
+// emit collects a hop; the sources call it from their goroutines. A
+// rewrite of the flow that the match does not follow widens it.
 func (s *Session) emit(h trace.Hop) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -265,6 +306,29 @@ func (s *Session) emit(h trace.Hop) {
 	s.last = time.Now()
 	close(s.changed)
 	s.changed = make(chan struct{})
+	if h.Kind != trace.HopNAT || h.NAT == nil || h.Netns != "" {
+		return
+	}
+	var m trace.Match
+	var changed bool
+	switch {
+	case follows(s.cfg.Flow, h.NAT):
+		m, changed = widened(s.match, h.NAT)
+	case teaches(s.cfg.Flow, h.NAT):
+		m, changed = learned(s.match, h.NAT)
+	}
+	if changed {
+		s.match = m
+		s.widener.wake()
+	}
+}
+
+// Match returns what the sources select: the match they were armed with,
+// widened to follow the rewrites of the flow reported so far.
+func (s *Session) Match() trace.Match {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.match.Clone()
 }
 
 // Await waits until a hop that match accepts has been collected, and
@@ -336,6 +400,8 @@ func (s *Session) Stop(flow trace.Flow) (*Collected, error) {
 }
 
 func (s *Session) stop(flow trace.Flow) (*Collected, error) {
+	// No source widens once it is closing.
+	lost := s.widener.stop()
 	// Each source closes on its own; a capture waits a moment for its
 	// last packets, so they close at once.
 	type source struct {
@@ -350,7 +416,7 @@ func (s *Session) stop(flow trace.Flow) (*Collected, error) {
 		sources = append(sources, source{"conntrack", s.conntrack.Close})
 	}
 	for _, c := range s.captures {
-		sources = append(sources, source{"the capture on " + c.iface, c.Close})
+		sources = append(sources, source{"the capture on " + c.name(), c.Close})
 	}
 	losses := make([][]trace.Loss, len(sources))
 	errs := make([]error, len(sources))
@@ -363,7 +429,7 @@ func (s *Session) stop(flow trace.Flow) (*Collected, error) {
 		})
 	}
 	wg.Wait()
-	lost := slices.Concat(losses...)
+	lost = append(lost, slices.Concat(losses...)...)
 	if len(s.skipped) > 0 {
 		lost = append(lost, trace.Loss{
 			Node:   s.cfg.Node,

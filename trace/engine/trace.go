@@ -178,10 +178,15 @@ func Trace(ctx context.Context, req Request) (trace.Path, error) {
 		t.flow = t.probe.Flow()
 	}
 
+	followed := req.Flow // live: the client's port is not known yet
+	if t.probe != nil {
+		followed = t.flow
+	}
 	cfg := Config{
 		Node:           req.Node,
 		Netns:          req.Netns,
 		Match:          matchOf(req.Flow, t.probe),
+		Flow:           followed,
 		Watch:          []Watch{{Path: src.Netns, Label: podLabel(src.IP)}},
 		PathInterfaces: []string{src.HostVeth},
 		MaxInterfaces:  req.MaxInterfaces,
@@ -268,18 +273,26 @@ func planProbe(netns string, req Request, nodeNetns string) (*probe.Probe, error
 	return p, nil
 }
 
-// matchOf selects the flow in the sources: by the probe's unique source
-// port (for ICMP, its echo identifier) or, live, by the destination port,
-// and for ICMP by the two addresses.
+// matchOf selects the flow in the sources. A probe is selected by its
+// unique source port (for ICMP, its echo identifier and the two addresses)
+// and by its destination, so that a MASQUERADE that gives it another source
+// port does not hide it from the first packet on. Live, the client's port
+// is not known: the flow is selected by its destination port (for ICMP, the
+// two addresses), and the session learns where a DNAT sends it from the
+// connections to the same destination that conntrack reports.
 func matchOf(flow trace.Flow, p *probe.Probe) trace.Match {
-	m := trace.Match{Proto: flow.Proto, Addrs: []netip.Addr{flow.Src, flow.Dst}}
-	switch {
-	case p != nil:
-		m.Port = p.Flow().SrcPort
-	case flow.Proto != trace.ICMP:
-		m.Port = flow.DstPort
+	if flow.Proto == trace.ICMP {
+		m := trace.Match{Proto: trace.ICMP, Addrs: []netip.Addr{flow.Src, flow.Dst}}
+		if p != nil {
+			m.Ports = []uint16{p.Flow().SrcPort}
+		}
+		return m
 	}
-	return m
+	if p == nil {
+		return trace.Match{Proto: flow.Proto, Ports: []uint16{flow.DstPort}}
+	}
+	return trace.Match{Proto: flow.Proto, Ports: []uint16{p.Flow().SrcPort},
+		Ends: []netip.AddrPort{netip.AddrPortFrom(flow.Dst, flow.DstPort)}}
 }
 
 // armed reports the armed session.
@@ -290,11 +303,7 @@ func (t *oneShot) armed(s *Session) {
 	}
 	var ifaces []string
 	for _, c := range s.captures {
-		name := c.iface
-		if c.label != "" {
-			name = c.label + " " + c.iface
-		}
-		ifaces = append(ifaces, name)
+		ifaces = append(ifaces, c.name())
 	}
 	backends := "no netfilter rules"
 	if bs := s.tracer.Backends(); len(bs) > 0 {

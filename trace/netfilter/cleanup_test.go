@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -39,7 +40,7 @@ func runChildTracer(path, port string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	tr, err := New(Options{Node: "child", Match: trace.Match{Proto: trace.TCP, Port: uint16(p)}})
+	tr, err := New(Options{Node: "child", Match: trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(p)}}})
 	if err == nil {
 		err = ns.WithNetNSPath(path, func(ns.NetNS) error { return tr.Arm(context.Background(), func(trace.Hop) {}) })
 	}
@@ -130,12 +131,18 @@ func TestStaleSessionIsCleanedUp(t *testing.T) {
 			n := newTestNetns(t)
 			kind.load(t, n)
 			before := netfilterState(t, n)
-			tr, err := New(Options{Match: trace.Match{Proto: trace.TCP, Port: uint16(freePort())}})
+			tr, err := New(Options{Match: trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(freePort())}}})
 			if err != nil {
 				t.Fatal(err)
 			}
 			tr.session.PID = deadPID(t)
 			n.do(t, func() error { return tr.Arm(context.Background(), func(trace.Hop) {}) })
+			// What Widen adds goes with the rest.
+			widened := trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(freePort()), uint16(freePort())},
+				Ends: []netip.AddrPort{netip.MustParseAddrPort("10.2.0.2:8080")}}
+			if err := tr.Widen(widened); err != nil {
+				t.Fatal(err)
+			}
 			tr.abandon()
 			assertArmed(t, n, tr.session)
 
@@ -196,7 +203,7 @@ func TestKilledTracerIsCleanedUp(t *testing.T) {
 			if kind.name == "legacy TRACE" {
 				// A tracer armed before the cleanup takes the nf_log binding
 				// the dead one recorded, and restores that one.
-				tr := arm(t, n, Options{Match: trace.Match{Proto: trace.TCP, Port: uint16(freePort())}}, func(trace.Hop) {})
+				tr := arm(t, n, Options{Match: trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(freePort())}}}, func(trace.Hop) {})
 				if _, err := tr.Close(); err != nil {
 					t.Fatal(err)
 				}
@@ -228,7 +235,7 @@ func TestCleanupOfLiveSessions(t *testing.T) {
 	n := newTestNetns(t)
 	loadRules(t, n, Legacy, true)
 	before := netfilterState(t, n)
-	match := trace.Match{Proto: trace.TCP, Port: uint16(freePort())}
+	match := trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(freePort())}}
 
 	tr := arm(t, n, Options{Match: match}, func(trace.Hop) {})
 	if removed := cleanupStaleIn(t, n, time.Hour); len(removed) != 0 {
@@ -268,9 +275,9 @@ func TestSecondLegacyTracerIsRefused(t *testing.T) {
 	t.Parallel()
 	n := newTestNetns(t)
 	loadRules(t, n, Legacy, true)
-	arm(t, n, Options{Match: trace.Match{Proto: trace.TCP, Port: uint16(freePort())}}, func(trace.Hop) {})
+	arm(t, n, Options{Match: trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(freePort())}}}, func(trace.Hop) {})
 	armed := netfilterState(t, n)
-	second, err := New(Options{Match: trace.Match{Proto: trace.TCP, Port: uint16(freePort())}})
+	second, err := New(Options{Match: trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(freePort())}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,7 @@ package netfilter
 
 import (
 	"fmt"
-	"slices"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -19,7 +19,7 @@ import (
 // onLegacyEvent turns a TRACE event into a hop: the rule is looked up in
 // iptables-legacy-save by table, chain and number.
 func (t *Tracer) onLegacyEvent(ev nflogtrace.Event) {
-	if !matches(t.opts.Match, ev.Packet) || strings.HasPrefix(ev.Chain, legacyChainPrefix) {
+	if !matches(*t.match.Load(), ev.Packet) || strings.HasPrefix(ev.Chain, legacyChainPrefix) {
 		return
 	}
 	rule := &trace.Rule{
@@ -65,7 +65,7 @@ func (t *Tracer) onNftEvent(ev nfttrace.Event) {
 	if endOfChain && t.rules.NftBaseChain(ev.Family, ev.Table, ev.Chain) {
 		return // the policy event follows
 	}
-	if seen.packet == nil || !matches(t.opts.Match, seen.packet) {
+	if seen.packet == nil || !matches(*t.match.Load(), seen.packet) {
 		return
 	}
 	pkt := *seen.packet
@@ -123,13 +123,7 @@ func (t *Tracer) emitRule(source string, pkt *trace.Packet, rule *trace.Rule, no
 
 // matches reports whether a packet belongs to the traced flow.
 func matches(m trace.Match, p *trace.Packet) bool {
-	if p.Proto != m.Proto {
-		return false
-	}
-	if m.Proto == trace.ICMP {
-		return slices.Contains(m.Addrs, p.Src) || slices.Contains(m.Addrs, p.Dst)
-	}
-	return p.SrcPort == m.Port || p.DstPort == m.Port
+	return p.Proto == m.Proto && m.Covers(netip.AddrPortFrom(p.Src, p.SrcPort), netip.AddrPortFrom(p.Dst, p.DstPort))
 }
 
 // traceCacheSize bounds the trace ids remembered.

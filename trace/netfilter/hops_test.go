@@ -28,11 +28,12 @@ func offlineTracer(t *testing.T, legacySave, nftList string) (*Tracer, *collecto
 	}
 	var c collector
 	tr := &Tracer{
-		opts:  Options{Node: "n1", Match: trace.Match{Proto: trace.TCP, Port: 40001}},
+		opts:  Options{Node: "n1", Match: trace.Match{Proto: trace.TCP, Ports: []uint16{40001}}},
 		rules: ruleset.NewReader(run, legacySave != "", nftList != ""),
 		links: &linkNames{names: map[uint32]string{}},
 		emit:  c.emit,
 	}
+	tr.match.Store(&tr.opts.Match)
 	if err := tr.rules.Refresh(); err != nil {
 		t.Fatal(err)
 	}

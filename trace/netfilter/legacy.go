@@ -3,6 +3,7 @@ package netfilter
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/kubectl-nettrace/nettrace/trace"
@@ -20,36 +21,67 @@ var (
 // legacyHooks are the raw chains a session's jump rule goes into.
 var legacyHooks = []string{"PREROUTING", "OUTPUT"}
 
+// multiportMax is the most ports one multiport match takes.
+const multiportMax = 15
+
 // legacyArmScript returns the iptables-restore input that arms a session:
-// its own chain in the raw table, reached by one rate-limited jump rule at
-// the top of PREROUTING and OUTPUT that carries the session tag, holding the
-// TRACE rules.
+// its own chain in the raw table, reached by one jump rule at the top of
+// PREROUTING and OUTPUT that carries the session tag and selects the
+// traced protocol, holding a rate-limited TRACE rule for each selector of
+// the match (legacyTraceRules).
 func legacyArmScript(s Session, m trace.Match, rate, burst int) string {
 	chain := s.legacyChain()
-	var jumpMatch string
-	var traceRules []string
-	switch m.Proto {
-	case trace.TCP, trace.UDP:
-		// multiport --ports matches the port as source or destination.
-		jumpMatch = fmt.Sprintf("-p %s -m multiport --ports %d", m.Proto, m.Port)
-		traceRules = []string{"-j TRACE"}
-	case trace.ICMP:
-		jumpMatch = "-p icmp"
-		for _, a := range m.Addrs {
-			traceRules = append(traceRules, fmt.Sprintf("-s %s/32 -j TRACE", a), fmt.Sprintf("-d %s/32 -j TRACE", a))
-		}
-	}
 	var sb strings.Builder
 	sb.WriteString("*raw\n")
 	fmt.Fprintf(&sb, ":%s - [0:0]\n", chain)
 	for _, hook := range legacyHooks {
-		fmt.Fprintf(&sb, "-I %s 1 %s -m comment --comment %s -m limit --limit %d/second --limit-burst %d -j %s\n",
-			hook, jumpMatch, s.Tag(), rate, burst, chain)
+		fmt.Fprintf(&sb, "-I %s 1 -p %s -m comment --comment %s -j %s\n", hook, m.Proto, s.Tag(), chain)
 	}
-	for _, r := range traceRules {
-		fmt.Fprintf(&sb, "-A %s %s\n", chain, r)
-	}
+	sb.WriteString(legacyTraceRules(chain, m, rate, burst))
 	sb.WriteString("COMMIT\n")
+	return sb.String()
+}
+
+// legacyWidenScript returns the iptables-restore input that adds to a
+// session's chain the TRACE rules of what added selects.
+func legacyWidenScript(s Session, added trace.Match, rate, burst int) string {
+	return "*raw\n" + legacyTraceRules(s.legacyChain(), added, rate, burst) + "COMMIT\n"
+}
+
+// legacyTraceRules returns the rules of a session's chain that TRACE what m
+// selects, each limited to rate packets a second: for TCP and UDP the
+// ports, at most 15 to a multiport rule that matches them as source or
+// destination, and each end as source and as destination; for ICMP each
+// address as source and as destination.
+func legacyTraceRules(chain string, m trace.Match, rate, burst int) string {
+	var selectors []string
+	proto := string(m.Proto)
+	if m.Proto == trace.ICMP {
+		for _, a := range m.Addrs {
+			selectors = append(selectors, fmt.Sprintf("-s %s/32 -p icmp", a), fmt.Sprintf("-d %s/32 -p icmp", a))
+		}
+		m.Ports, m.Ends = nil, nil
+	}
+	for ports := range slices.Chunk(m.Ports, multiportMax) {
+		list := make([]string, len(ports))
+		for i, p := range ports {
+			list[i] = strconv.Itoa(int(p))
+		}
+		selectors = append(selectors, fmt.Sprintf("-p %s -m multiport --ports %s", proto, strings.Join(list, ",")))
+	}
+	for _, e := range m.Ends {
+		if e.Port() == 0 {
+			selectors = append(selectors, fmt.Sprintf("-s %s/32 -p %s", e.Addr(), proto), fmt.Sprintf("-d %s/32 -p %s", e.Addr(), proto))
+			continue
+		}
+		selectors = append(selectors,
+			fmt.Sprintf("-s %s/32 -p %s -m %s --sport %d", e.Addr(), proto, proto, e.Port()),
+			fmt.Sprintf("-d %s/32 -p %s -m %s --dport %d", e.Addr(), proto, proto, e.Port()))
+	}
+	var sb strings.Builder
+	for _, sel := range selectors {
+		fmt.Fprintf(&sb, "-A %s %s -m limit --limit %d/second --limit-burst %d -j TRACE\n", chain, sel, rate, burst)
+	}
 	return sb.String()
 }
 

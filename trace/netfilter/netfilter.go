@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/kubectl-nettrace/nettrace/trace"
 	"github.com/kubectl-nettrace/nettrace/trace/netfilter/nflogtrace"
@@ -54,7 +55,8 @@ type Options struct {
 	// Backends are the backends to trace; empty means those that hold rules
 	// in the namespace when Arm runs.
 	Backends []Backend
-	// Rate and Burst limit how many packets per second the tracer marks.
+	// Rate and Burst limit how many packets per second each rule of the
+	// marker marks.
 	Rate  int
 	Burst int
 	// ReadBuffer is the receive buffer of the event sockets, in bytes.
@@ -62,10 +64,17 @@ type Options struct {
 }
 
 // Tracer follows one flow through the netfilter rules of one network
-// namespace. It implements trace.Source.
+// namespace. It implements trace.Widener: Widen adds to its marker what the
+// wider match selects.
 type Tracer struct {
 	opts    Options
 	session Session
+	// match is the match the marker selects, opts.Match widened: the
+	// event readers read it, Widen replaces it.
+	match atomic.Pointer[trace.Match]
+	// widening serializes Widen and Close; closed is set by Close.
+	widening sync.Mutex
+	closed   bool
 
 	netns   *netnsHandle
 	rules   *ruleset.Reader
@@ -85,7 +94,7 @@ type Tracer struct {
 	closeOnce sync.Once
 }
 
-var _ trace.Source = (*Tracer)(nil)
+var _ trace.Widener = (*Tracer)(nil)
 
 // New returns a Tracer; Arm starts it.
 func New(opts Options) (*Tracer, error) {
@@ -116,14 +125,20 @@ func New(opts Options) (*Tracer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Tracer{opts: opts, session: s}, nil
+	t := &Tracer{opts: opts, session: s}
+	m := opts.Match.Clone()
+	t.match.Store(&m)
+	return t, nil
 }
 
 func validateMatch(m trace.Match) error {
 	switch m.Proto {
 	case trace.TCP, trace.UDP:
-		if m.Port == 0 {
-			return fmt.Errorf("tracing %s needs a port", m.Proto)
+		if len(m.Ports) == 0 && len(m.Ends) == 0 {
+			return fmt.Errorf("tracing %s needs a port or an end", m.Proto)
+		}
+		if slices.Contains(m.Ports, 0) {
+			return fmt.Errorf("tracing %s: port 0 is no port", m.Proto)
 		}
 	case trace.ICMP:
 		if len(m.Addrs) == 0 {
@@ -135,6 +150,11 @@ func validateMatch(m trace.Match) error {
 	for _, a := range m.Addrs {
 		if !a.Is4() {
 			return fmt.Errorf("cannot trace %s: only IPv4 is traced", a)
+		}
+	}
+	for _, e := range m.Ends {
+		if !e.Addr().Is4() {
+			return fmt.Errorf("cannot trace %s: only IPv4 is traced", e)
 		}
 	}
 	return nil
@@ -290,6 +310,61 @@ func (t *Tracer) armNftMarker() error {
 	return nil
 }
 
+// Widen makes the tracer follow what m selects: it adds to the marker the
+// TRACE rules (legacy) or set elements (nft) of what m holds and its match
+// lacks, tagged as what Arm added and removed with it by Close and
+// CleanupStale, and accepts the events of packets that m selects.
+func (t *Tracer) Widen(m trace.Match) error {
+	if err := validateMatch(m); err != nil {
+		return fmt.Errorf("widening the netfilter tracer: %w", err)
+	}
+	t.widening.Lock()
+	defer t.widening.Unlock()
+	if t.closed || t.netns == nil {
+		return errors.New("widening the netfilter tracer: not armed")
+	}
+	from := t.match.Load()
+	switch {
+	case t.armed.nft:
+		if script := nftWidenScript(t.session, *from, m, t.opts.Rate, t.opts.Burst); script != "" {
+			if _, err := t.netns.run(script, "nft", "-f", "-"); err != nil {
+				return fmt.Errorf("widening the nftrace table: %w", err)
+			}
+		}
+	case t.armed.legacy:
+		if added := lacking(*from, m); len(added.Ports)+len(added.Ends)+len(added.Addrs) > 0 {
+			script := legacyWidenScript(t.session, added, t.opts.Rate, t.opts.Burst)
+			if _, err := t.netns.run(script, legacyRestore[0], legacyRestore[1:]...); err != nil {
+				return fmt.Errorf("widening the legacy TRACE rules: %w", err)
+			}
+		}
+	}
+	m = m.Clone()
+	t.match.Store(&m)
+	return nil
+}
+
+// lacking returns what match to holds and match from does not.
+func lacking(from, to trace.Match) trace.Match {
+	added := trace.Match{Proto: to.Proto}
+	for _, p := range to.Ports {
+		if !slices.Contains(from.Ports, p) && !slices.Contains(added.Ports, p) {
+			added.Ports = append(added.Ports, p)
+		}
+	}
+	for _, e := range to.Ends {
+		if !slices.Contains(from.Ends, e) && !slices.Contains(added.Ends, e) {
+			added.Ends = append(added.Ends, e)
+		}
+	}
+	for _, a := range to.Addrs {
+		if !slices.Contains(from.Addrs, a) && !slices.Contains(added.Addrs, a) {
+			added.Addrs = append(added.Addrs, a)
+		}
+	}
+	return added
+}
+
 // Close removes the marker, stops the readers, restores the nf_log binding
 // and reports the events the sockets lost. Emit is not called once Close
 // returns. Calls after the first do nothing.
@@ -299,6 +374,9 @@ func (t *Tracer) Close() ([]trace.Loss, error) {
 		errs   []error
 	)
 	t.closeOnce.Do(func() {
+		t.widening.Lock()
+		t.closed = true
+		t.widening.Unlock()
 		if t.netns == nil {
 			return
 		}

@@ -3,6 +3,7 @@ package netfilter
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/kubectl-nettrace/nettrace/trace"
@@ -17,38 +18,120 @@ const nftMarkPriority = -350
 // nftFamiliesForIPv4 are the families whose tables IPv4 packets can meet.
 var nftFamiliesForIPv4 = map[string]bool{"ip": true, "inet": true, "bridge": true, "netdev": true}
 
-// nftArmScript returns the nft input that arms a session: a table of its
-// own, tagged in its comment, whose prerouting and output chains send the
-// traced flow's packets to a rate-limited rule that sets nftrace.
-func nftArmScript(s Session, m trace.Match, rate, burst int) string {
-	var selectors []string
-	switch m.Proto {
-	case trace.TCP, trace.UDP:
-		selectors = []string{
-			fmt.Sprintf("meta l4proto %s th dport %d", m.Proto, m.Port),
-			fmt.Sprintf("meta l4proto %s th sport %d", m.Proto, m.Port),
+// nftHooks are the hooks of a session's base chains, named after them.
+var nftHooks = []string{"prerouting", "output"}
+
+// nftSet is one of the sets of a session's table: what the match holds of
+// one kind, and the selectors of the rules that look packets up in it.
+type nftSet struct {
+	name, typ string
+	selectors []string
+}
+
+// nftSets are the sets of a session's table for a protocol: for TCP and
+// UDP the ports (as source or destination), the ends and the addresses of
+// ends with port 0; for ICMP the addresses.
+func nftSets(proto trace.Proto) []nftSet {
+	if proto == trace.ICMP {
+		return []nftSet{{"addrs", "ipv4_addr", []string{"meta l4proto icmp ip saddr @addrs", "meta l4proto icmp ip daddr @addrs"}}}
+	}
+	l4 := "meta l4proto " + string(proto)
+	return []nftSet{
+		{"ports", "inet_service", []string{l4 + " th dport @ports", l4 + " th sport @ports"}},
+		{"ends", "ipv4_addr . inet_service", []string{l4 + " ip daddr . th dport @ends", l4 + " ip saddr . th sport @ends"}},
+		{"addrs", "ipv4_addr", []string{l4 + " ip daddr @addrs", l4 + " ip saddr @addrs"}},
+	}
+}
+
+// elements returns what m holds for the set, as nft writes its elements.
+func (set nftSet) elements(m trace.Match) []string {
+	var out []string
+	switch {
+	case m.Proto == trace.ICMP:
+		for _, a := range m.Addrs {
+			out = append(out, a.String())
 		}
-	case trace.ICMP:
-		addrs := make([]string, len(m.Addrs))
-		for i, a := range m.Addrs {
-			addrs[i] = a.String()
+	case set.name == "ports":
+		for _, p := range m.Ports {
+			out = append(out, strconv.Itoa(int(p)))
 		}
-		set := "{ " + strings.Join(addrs, ", ") + " }"
-		selectors = []string{
-			"meta l4proto icmp ip saddr " + set,
-			"meta l4proto icmp ip daddr " + set,
+	default:
+		for _, e := range m.Ends {
+			switch {
+			case set.name == "ends" && e.Port() != 0:
+				out = append(out, fmt.Sprintf("%s . %d", e.Addr(), e.Port()))
+			case set.name == "addrs" && e.Port() == 0:
+				out = append(out, e.Addr().String())
+			}
 		}
 	}
+	return out
+}
+
+// nftMarkRule is a rule that sets nftrace on the packets sel selects, at
+// most rate a second.
+func nftMarkRule(sel string, rate, burst int) string {
+	return fmt.Sprintf("%s limit rate %d/second burst %d packets meta nftrace set 1", sel, rate, burst)
+}
+
+// nftArmScript returns the nft input that arms a session: a table of its
+// own, tagged in its comment, holding the match in sets, whose prerouting
+// and output chains set nftrace on the packets that a set selects, each
+// rule limited to rate packets a second. A set that is empty has no rules
+// yet: nftWidenScript adds them with its first elements.
+func nftArmScript(s Session, m trace.Match, rate, burst int) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "table ip %s {\n\tcomment %q\n", s.nftTable(), s.Tag())
-	for _, hook := range []string{"prerouting", "output"} {
-		fmt.Fprintf(&sb, "\tchain %s {\n\t\ttype filter hook %s priority %d; policy accept;\n", hook, hook, nftMarkPriority)
-		for _, sel := range selectors {
-			fmt.Fprintf(&sb, "\t\t%s jump set_nftrace\n", sel)
+	sets := nftSets(m.Proto)
+	for _, set := range sets {
+		fmt.Fprintf(&sb, "\tset %s {\n\t\ttype %s\n", set.name, set.typ)
+		if elements := set.elements(m); len(elements) > 0 {
+			fmt.Fprintf(&sb, "\t\telements = { %s }\n", strings.Join(elements, ", "))
 		}
 		sb.WriteString("\t}\n")
 	}
-	fmt.Fprintf(&sb, "\tchain set_nftrace {\n\t\tlimit rate %d/second burst %d packets meta nftrace set 1\n\t}\n}\n", rate, burst)
+	for _, hook := range nftHooks {
+		fmt.Fprintf(&sb, "\tchain %s {\n\t\ttype filter hook %s priority %d; policy accept;\n", hook, hook, nftMarkPriority)
+		for _, set := range sets {
+			if len(set.elements(m)) == 0 {
+				continue
+			}
+			for _, sel := range set.selectors {
+				fmt.Fprintf(&sb, "\t\t%s\n", nftMarkRule(sel, rate, burst))
+			}
+		}
+		sb.WriteString("\t}\n")
+	}
+	sb.WriteString("}\n")
+	return sb.String()
+}
+
+// nftWidenScript returns the nft input that widens a session's table from
+// match from to match to: the elements to adds to each set and, for a set
+// that was empty, its rules. It returns "" when to adds nothing.
+func nftWidenScript(s Session, from, to trace.Match, rate, burst int) string {
+	var sb strings.Builder
+	for _, set := range nftSets(to.Proto) {
+		had := set.elements(from)
+		var added []string
+		for _, e := range set.elements(to) {
+			if !slices.Contains(had, e) && !slices.Contains(added, e) {
+				added = append(added, e)
+			}
+		}
+		if len(added) == 0 {
+			continue
+		}
+		fmt.Fprintf(&sb, "add element ip %s %s { %s }\n", s.nftTable(), set.name, strings.Join(added, ", "))
+		if len(had) > 0 {
+			continue
+		}
+		for _, hook := range nftHooks {
+			for _, sel := range set.selectors {
+				fmt.Fprintf(&sb, "add rule ip %s %s %s\n", s.nftTable(), hook, nftMarkRule(sel, rate, burst))
+			}
+		}
+	}
 	return sb.String()
 }
 

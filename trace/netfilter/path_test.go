@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -125,7 +126,7 @@ func TestTCPThroughDNAT(t *testing.T) {
 			before := netfilterState(t, l.router)
 			port := freePort()
 			var c collector
-			tr := arm(t, l.router, Options{Node: "router", Netns: "router-ns", Match: trace.Match{Proto: trace.TCP, Port: uint16(port)}}, c.emit)
+			tr := arm(t, l.router, Options{Node: "router", Netns: "router-ns", Match: trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(port)}}}, c.emit)
 			if got := tr.Backends(); !slices.Equal(got, []Backend{backend}) {
 				t.Fatalf("backends %v, want %v", got, backend)
 			}
@@ -163,6 +164,76 @@ func TestTCPThroughDNAT(t *testing.T) {
 			}
 			if after := netfilterState(t, l.router); after != before {
 				t.Errorf("Close left the router changed:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+		})
+	}
+}
+
+// TestWiden widens an armed tracer, as the engine does when a NAT gives the
+// flow a port its match lacks, on every way of arming: a connection from a
+// port the tracer does not select leaves no hop; once widened to that port,
+// or to the client's end, the connection's rules are traced; Close removes
+// what Widen added with the rest.
+func TestWiden(t *testing.T) {
+	for _, kind := range nodeKinds {
+		t.Run(kind.name, func(t *testing.T) {
+			t.Parallel()
+			l := newLab(t)
+			kind.load(t, l.router)
+			l.listen(t, 8080)
+			before := netfilterState(t, l.router)
+			armed, unseen, widenedPort, widenedEnd := freePort(), freePort(), freePort(), freePort()
+			var c collector
+			tr := arm(t, l.router, Options{Node: "router", Match: trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(armed)}}}, c.emit)
+
+			connectAndReset(t, l, unseen)
+			time.Sleep(200 * time.Millisecond)
+			if n := c.len(); n != 0 {
+				t.Fatalf("%d hops of a port the tracer does not select", n)
+			}
+			widened := trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(armed), uint16(widenedPort)},
+				Ends: []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr(clientIP.String()), uint16(widenedEnd))}}
+			if err := tr.Widen(widened); err != nil {
+				t.Fatalf("Widen: %v", err)
+			}
+			if err := tr.Widen(widened); err != nil {
+				t.Fatalf("Widen to the same match: %v", err)
+			}
+
+			// iptables' own tables, without raw: "legacy without raw" has none.
+			iptables := func(hops []trace.Hop) []string {
+				var lines []string
+				for _, h := range hops {
+					if h.Rule.Table == "nat" || h.Rule.Table == "filter" {
+						lines = append(lines, hopLine(h))
+					}
+				}
+				return lines
+			}
+			connectAndReset(t, l, widenedPort)
+			lines := iptables(c.settle(200 * time.Millisecond))
+			want := slices.DeleteFunc(dnatConnection(slices.Contains(lines, natSvcSepA)), func(s string) bool { return s == rawPolicy })
+			diffLines(t, "rules hit from the widened port", lines, want)
+
+			c.mu.Lock()
+			c.hops = nil
+			c.mu.Unlock()
+			connectAndReset(t, l, widenedEnd)
+			lines = iptables(c.settle(200 * time.Millisecond))
+			// The client's end selects its packets, not the SYN-ACK that
+			// arrives addressed to the masquerading router.
+			want = slices.DeleteFunc(dnatConnection(slices.Contains(lines, natSvcSepA)), func(s string) bool { return s == rawPolicy })
+			want = want[:len(want)-2]
+			diffLines(t, "rules hit from the widened end", lines, want)
+
+			if losses, err := tr.Close(); err != nil || len(losses) != 0 {
+				t.Fatalf("Close = %v, %v", losses, err)
+			}
+			if after := netfilterState(t, l.router); after != before {
+				t.Errorf("Close left the router changed:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+			if err := tr.Widen(widened); err == nil {
+				t.Error("Widen after Close: no error")
 			}
 		})
 	}
@@ -214,7 +285,7 @@ func TestDropAndReject(t *testing.T) {
 
 			port := freePort()
 			var dropped collector
-			tr := arm(t, l.router, Options{Node: "router", Match: trace.Match{Proto: trace.TCP, Port: uint16(port)}}, dropped.emit)
+			tr := arm(t, l.router, Options{Node: "router", Match: trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(port)}}}, dropped.emit)
 			if _, err := l.dial(t, port, server1IP+":9", 300*time.Millisecond); err == nil {
 				t.Fatal("connected through a DROP rule")
 			}
@@ -227,7 +298,7 @@ func TestDropAndReject(t *testing.T) {
 
 			port = freePort()
 			var rejected collector
-			tr = arm(t, l.router, Options{Node: "router", Match: trace.Match{Proto: trace.TCP, Port: uint16(port)}}, rejected.emit)
+			tr = arm(t, l.router, Options{Node: "router", Match: trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(port)}}}, rejected.emit)
 			_, err := l.dial(t, port, server1IP+":7", time.Second)
 			if !errors.Is(err, syscall.ECONNREFUSED) {
 				t.Fatalf("dial through REJECT: %v, want connection refused", err)
@@ -268,7 +339,7 @@ func TestNativeNftTable(t *testing.T) {
 	before := netfilterState(t, l.router)
 	port := freePort()
 	var c collector
-	tr := arm(t, l.router, Options{Node: "router", Match: trace.Match{Proto: trace.TCP, Port: uint16(port)}}, c.emit)
+	tr := arm(t, l.router, Options{Node: "router", Match: trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(port)}}}, c.emit)
 	l.dial(t, port, server1IP+":9", 300*time.Millisecond)
 	hops := c.settle(200 * time.Millisecond)
 	if _, err := tr.Close(); err != nil {
@@ -303,7 +374,7 @@ func TestBothBackends(t *testing.T) {
 	before := netfilterState(t, l.router)
 	port := freePort()
 	var c collector
-	tr := arm(t, l.router, Options{Node: "router", Match: trace.Match{Proto: trace.TCP, Port: uint16(port)}}, c.emit)
+	tr := arm(t, l.router, Options{Node: "router", Match: trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(port)}}}, c.emit)
 	if got := tr.Backends(); !slices.Equal(got, []Backend{Legacy, Nft}) {
 		t.Fatalf("backends %v, want both", got)
 	}
@@ -341,7 +412,7 @@ func TestNoRulesNoTrace(t *testing.T) {
 	t.Parallel()
 	n := newTestNetns(t)
 	before := netfilterState(t, n)
-	tr := arm(t, n, Options{Match: trace.Match{Proto: trace.UDP, Port: 53}}, func(trace.Hop) {})
+	tr := arm(t, n, Options{Match: trace.Match{Proto: trace.UDP, Ports: []uint16{53}}}, func(trace.Hop) {})
 	if len(tr.Backends()) != 0 || tr.armed.legacy || tr.armed.nft || tr.bound {
 		t.Errorf("backends %v, armed %+v, nf_log bound %v in an empty namespace", tr.Backends(), tr.armed, tr.bound)
 	}
@@ -357,9 +428,9 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	for _, opts := range []Options{
 		{Match: trace.Match{Proto: trace.TCP}},
 		{Match: trace.Match{Proto: trace.ICMP}},
-		{Match: trace.Match{Proto: "sctp", Port: 1}},
+		{Match: trace.Match{Proto: "sctp", Ports: []uint16{1}}},
 		{Match: trace.Match{Proto: trace.ICMP, Addrs: addrs("fd00::1")}},
-		{Match: trace.Match{Proto: trace.UDP, Port: 53}, Backends: []Backend{"ebpf"}},
+		{Match: trace.Match{Proto: trace.UDP, Ports: []uint16{53}}, Backends: []Backend{"ebpf"}},
 	} {
 		if _, err := New(opts); err == nil {
 			t.Errorf("New(%+v) succeeded", opts)
@@ -403,7 +474,7 @@ func TestSocketOverrunsAreReported(t *testing.T) {
 				<-release
 				c.emit(h)
 			}
-			tr := arm(t, l.router, Options{Node: "router", Match: trace.Match{Proto: trace.UDP, Port: uint16(port)},
+			tr := arm(t, l.router, Options{Node: "router", Match: trace.Match{Proto: trace.UDP, Ports: []uint16{uint16(port)}},
 				Rate: MaxRate, Burst: 10000, ReadBuffer: 4096}, stalled)
 			sendUDP(t, l, port, 200)
 			time.Sleep(200 * time.Millisecond)

@@ -1,6 +1,7 @@
 package netfilter
 
 import (
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -57,25 +58,56 @@ func TestSessionAlive(t *testing.T) {
 var testSession = Session{ID: "0a1b2c3d", PID: 4242, Started: time.Unix(1700000000, 0)}
 
 func TestLegacyArmScript(t *testing.T) {
-	tcp := legacyArmScript(testSession, trace.Match{Proto: trace.TCP, Port: 40001}, 100, 200)
+	tcp := legacyArmScript(testSession, trace.Match{Proto: trace.TCP, Ports: []uint16{40001}}, 100, 200)
 	want := `*raw
 :NETTRACE-0a1b2c3d - [0:0]
--I PREROUTING 1 -p tcp -m multiport --ports 40001 -m comment --comment nettrace:0a1b2c3d:1700000000:4242 -m limit --limit 100/second --limit-burst 200 -j NETTRACE-0a1b2c3d
--I OUTPUT 1 -p tcp -m multiport --ports 40001 -m comment --comment nettrace:0a1b2c3d:1700000000:4242 -m limit --limit 100/second --limit-burst 200 -j NETTRACE-0a1b2c3d
--A NETTRACE-0a1b2c3d -j TRACE
+-I PREROUTING 1 -p tcp -m comment --comment nettrace:0a1b2c3d:1700000000:4242 -j NETTRACE-0a1b2c3d
+-I OUTPUT 1 -p tcp -m comment --comment nettrace:0a1b2c3d:1700000000:4242 -j NETTRACE-0a1b2c3d
+-A NETTRACE-0a1b2c3d -p tcp -m multiport --ports 40001 -m limit --limit 100/second --limit-burst 200 -j TRACE
 COMMIT
 `
 	if tcp != want {
 		t.Errorf("TCP script:\n%s\nwant:\n%s", tcp, want)
 	}
-	icmp := legacyArmScript(testSession, trace.Match{Proto: trace.ICMP, Addrs: addrs("10.96.0.10", "172.16.1.5")}, 100, 200)
+	icmp := legacyArmScript(testSession, trace.Match{Proto: trace.ICMP, Ports: []uint16{7}, Addrs: addrs("10.96.0.10", "172.16.1.5")}, 100, 200)
 	for _, line := range []string{
-		"-I PREROUTING 1 -p icmp -m comment --comment nettrace:0a1b2c3d:1700000000:4242 -m limit",
-		"-A NETTRACE-0a1b2c3d -s 10.96.0.10/32 -j TRACE\n-A NETTRACE-0a1b2c3d -d 10.96.0.10/32 -j TRACE\n-A NETTRACE-0a1b2c3d -s 172.16.1.5/32 -j TRACE\n-A NETTRACE-0a1b2c3d -d 172.16.1.5/32 -j TRACE\n",
+		"-I PREROUTING 1 -p icmp -m comment --comment nettrace:0a1b2c3d:1700000000:4242 -j NETTRACE-0a1b2c3d\n",
+		`-A NETTRACE-0a1b2c3d -s 10.96.0.10/32 -p icmp -m limit --limit 100/second --limit-burst 200 -j TRACE
+-A NETTRACE-0a1b2c3d -d 10.96.0.10/32 -p icmp -m limit --limit 100/second --limit-burst 200 -j TRACE
+-A NETTRACE-0a1b2c3d -s 172.16.1.5/32 -p icmp -m limit --limit 100/second --limit-burst 200 -j TRACE
+-A NETTRACE-0a1b2c3d -d 172.16.1.5/32 -p icmp -m limit --limit 100/second --limit-burst 200 -j TRACE
+COMMIT
+`,
 	} {
 		if !strings.Contains(icmp, line) {
 			t.Errorf("ICMP script lacks %q:\n%s", line, icmp)
 		}
+	}
+}
+
+func TestLegacyWidenScript(t *testing.T) {
+	var ports []uint16
+	for p := range uint16(16) {
+		ports = append(ports, 40001+p)
+	}
+	from := trace.Match{Proto: trace.UDP, Ports: ports[:1]}
+	to := trace.Match{Proto: trace.UDP, Ports: ports,
+		Ends: []netip.AddrPort{netip.MustParseAddrPort("172.16.2.7:8080"), netip.MustParseAddrPort("192.168.10.102:0")}}
+	got := legacyWidenScript(testSession, lacking(from, to), 100, 200)
+	want := `*raw
+-A NETTRACE-0a1b2c3d -p udp -m multiport --ports 40002,40003,40004,40005,40006,40007,40008,40009,40010,40011,40012,40013,40014,40015,40016 -m limit --limit 100/second --limit-burst 200 -j TRACE
+-A NETTRACE-0a1b2c3d -s 172.16.2.7/32 -p udp -m udp --sport 8080 -m limit --limit 100/second --limit-burst 200 -j TRACE
+-A NETTRACE-0a1b2c3d -d 172.16.2.7/32 -p udp -m udp --dport 8080 -m limit --limit 100/second --limit-burst 200 -j TRACE
+-A NETTRACE-0a1b2c3d -s 192.168.10.102/32 -p udp -m limit --limit 100/second --limit-burst 200 -j TRACE
+-A NETTRACE-0a1b2c3d -d 192.168.10.102/32 -p udp -m limit --limit 100/second --limit-burst 200 -j TRACE
+COMMIT
+`
+	if got != want {
+		t.Errorf("widen script:\n%s\nwant:\n%s", got, want)
+	}
+	// 16 new ports take two multiport rules.
+	if got := legacyTraceRules("C", trace.Match{Proto: trace.TCP, Ports: append(ports, 1)}, 1, 1); strings.Count(got, "-m multiport") != 2 {
+		t.Errorf("17 ports:\n%s\nwant two multiport rules", got)
 	}
 }
 
@@ -161,21 +193,28 @@ func TestLegacyHasRules(t *testing.T) {
 }
 
 func TestNftArmScript(t *testing.T) {
-	got := nftArmScript(testSession, trace.Match{Proto: trace.UDP, Port: 53}, 100, 200)
+	got := nftArmScript(testSession, trace.Match{Proto: trace.UDP, Ports: []uint16{53}}, 100, 200)
 	want := `table ip nettrace_0a1b2c3d {
 	comment "nettrace:0a1b2c3d:1700000000:4242"
+	set ports {
+		type inet_service
+		elements = { 53 }
+	}
+	set ends {
+		type ipv4_addr . inet_service
+	}
+	set addrs {
+		type ipv4_addr
+	}
 	chain prerouting {
 		type filter hook prerouting priority -350; policy accept;
-		meta l4proto udp th dport 53 jump set_nftrace
-		meta l4proto udp th sport 53 jump set_nftrace
+		meta l4proto udp th dport @ports limit rate 100/second burst 200 packets meta nftrace set 1
+		meta l4proto udp th sport @ports limit rate 100/second burst 200 packets meta nftrace set 1
 	}
 	chain output {
 		type filter hook output priority -350; policy accept;
-		meta l4proto udp th dport 53 jump set_nftrace
-		meta l4proto udp th sport 53 jump set_nftrace
-	}
-	chain set_nftrace {
-		limit rate 100/second burst 200 packets meta nftrace set 1
+		meta l4proto udp th dport @ports limit rate 100/second burst 200 packets meta nftrace set 1
+		meta l4proto udp th sport @ports limit rate 100/second burst 200 packets meta nftrace set 1
 	}
 }
 `
@@ -183,8 +222,34 @@ func TestNftArmScript(t *testing.T) {
 		t.Errorf("script:\n%s\nwant:\n%s", got, want)
 	}
 	icmp := nftArmScript(testSession, trace.Match{Proto: trace.ICMP, Addrs: addrs("10.96.0.10", "172.16.1.5")}, 100, 200)
-	if !strings.Contains(icmp, "meta l4proto icmp ip saddr { 10.96.0.10, 172.16.1.5 } jump set_nftrace\n") {
-		t.Errorf("ICMP script:\n%s", icmp)
+	for _, line := range []string{
+		"\tset addrs {\n\t\ttype ipv4_addr\n\t\telements = { 10.96.0.10, 172.16.1.5 }\n\t}\n",
+		"\t\tmeta l4proto icmp ip saddr @addrs limit rate 100/second burst 200 packets meta nftrace set 1\n",
+		"\t\tmeta l4proto icmp ip daddr @addrs limit rate 100/second burst 200 packets meta nftrace set 1\n",
+	} {
+		if !strings.Contains(icmp, line) {
+			t.Errorf("ICMP script lacks %q:\n%s", line, icmp)
+		}
+	}
+}
+
+func TestNftWidenScript(t *testing.T) {
+	from := trace.Match{Proto: trace.TCP, Ports: []uint16{40001}}
+	to := trace.Match{Proto: trace.TCP, Ports: []uint16{40001, 40002},
+		Ends: []netip.AddrPort{netip.MustParseAddrPort("172.16.2.7:8080"), netip.MustParseAddrPort("192.168.10.102:61000")}}
+	got := nftWidenScript(testSession, from, to, 100, 200)
+	want := `add element ip nettrace_0a1b2c3d ports { 40002 }
+add element ip nettrace_0a1b2c3d ends { 172.16.2.7 . 8080, 192.168.10.102 . 61000 }
+add rule ip nettrace_0a1b2c3d prerouting meta l4proto tcp ip daddr . th dport @ends limit rate 100/second burst 200 packets meta nftrace set 1
+add rule ip nettrace_0a1b2c3d prerouting meta l4proto tcp ip saddr . th sport @ends limit rate 100/second burst 200 packets meta nftrace set 1
+add rule ip nettrace_0a1b2c3d output meta l4proto tcp ip daddr . th dport @ends limit rate 100/second burst 200 packets meta nftrace set 1
+add rule ip nettrace_0a1b2c3d output meta l4proto tcp ip saddr . th sport @ends limit rate 100/second burst 200 packets meta nftrace set 1
+`
+	if got != want {
+		t.Errorf("widen script:\n%s\nwant:\n%s", got, want)
+	}
+	if got := nftWidenScript(testSession, to, to, 100, 200); got != "" {
+		t.Errorf("widening to the same match:\n%s\nwant nothing", got)
 	}
 }
 
@@ -206,9 +271,10 @@ func TestNftHasRules(t *testing.T) {
 }
 
 func TestMatches(t *testing.T) {
-	tcp := trace.Match{Proto: trace.TCP, Port: 40001}
+	tcp := trace.Match{Proto: trace.TCP, Ports: []uint16{40001}}
+	widened := trace.Match{Proto: trace.TCP, Ports: []uint16{40001}, Ends: []netip.AddrPort{netip.MustParseAddrPort("192.168.10.101:61000")}}
 	icmp := trace.Match{Proto: trace.ICMP, Addrs: addrs("10.96.0.10")}
-	a, b := addrs("10.1.0.2")[0], addrs("10.96.0.10")[0]
+	a, b, n := addrs("10.1.0.2")[0], addrs("10.96.0.10")[0], addrs("192.168.10.101")[0]
 	for _, tc := range []struct {
 		m    trace.Match
 		p    trace.Packet
@@ -218,6 +284,9 @@ func TestMatches(t *testing.T) {
 		{tcp, trace.Packet{Proto: trace.TCP, Src: b, SrcPort: 80, Dst: a, DstPort: 40001}, true},
 		{tcp, trace.Packet{Proto: trace.UDP, Src: a, SrcPort: 40001, Dst: b, DstPort: 80}, false},
 		{tcp, trace.Packet{Proto: trace.TCP, Src: a, SrcPort: 40002, Dst: b, DstPort: 80}, false},
+		{tcp, trace.Packet{Proto: trace.TCP, Src: b, SrcPort: 80, Dst: n, DstPort: 61000}, false},
+		{widened, trace.Packet{Proto: trace.TCP, Src: b, SrcPort: 80, Dst: n, DstPort: 61000}, true},
+		{widened, trace.Packet{Proto: trace.TCP, Src: b, SrcPort: 80, Dst: n, DstPort: 61001}, false},
 		{icmp, trace.Packet{Proto: trace.ICMP, Src: a, Dst: b}, true},
 		{icmp, trace.Packet{Proto: trace.ICMP, Src: b, Dst: a}, true},
 		{icmp, trace.Packet{Proto: trace.ICMP, Src: a, Dst: a}, false},

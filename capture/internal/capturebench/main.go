@@ -47,7 +47,7 @@ func run(netnsPath, iface, protoName string, port uint16, ring, snaplen int, out
 		return fmt.Errorf("opening netns: %w", err)
 	}
 	defer target.Close()
-	cfg := capture.Config{Iface: iface, Node: "bench", Match: trace.Match{Proto: proto, Port: port}, RingSize: ring, Snaplen: snaplen}
+	cfg := capture.Config{Iface: iface, Node: "bench", Match: trace.Match{Proto: proto, Ports: []uint16{port}}, RingSize: ring, Snaplen: snaplen}
 	var c *capture.Capture
 	if err := target.Do(func(ns.NetNS) error {
 		c, err = capture.Open(cfg)

@@ -140,15 +140,55 @@ func Connect(t testing.TB, a, b *Node) {
 	a.Netns.Run(t, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", peerName, "netns", peerNetns.Name)
 	peerNetns.Run(t, "ip", "link", "set", peerName, "up")
 	for _, n := range []*Node{a, b} {
-		if n == nil {
-			continue
+		if n != nil {
+			n.setUpEth0(t)
 		}
-		n.Netns.Run(t, "ip", "link", "set", "eth0", "address", macOf("02:00", n.IP))
-		n.Netns.Run(t, "ip", "addr", "add", n.IP.String()+"/24", "dev", "eth0")
-		n.Netns.Run(t, "ip", "link", "set", "eth0", "up")
-		n.Netns.Run(t, "ip", "route", "add", "default", "via", "192.168.10.1", "dev", "eth0")
 	}
 }
+
+// setUpEth0 gives the node's eth0 its address, MAC and default route.
+func (n *Node) setUpEth0(t testing.TB) {
+	t.Helper()
+	n.Netns.Run(t, "ip", "link", "set", "eth0", "address", macOf("02:00", n.IP))
+	n.Netns.Run(t, "ip", "addr", "add", n.IP.String()+"/24", "dev", "eth0")
+	n.Netns.Run(t, "ip", "link", "set", "eth0", "up")
+	n.Netns.Run(t, "ip", "route", "add", "default", "via", Gateway.String(), "dev", "eth0")
+}
+
+// Gateway is the nodes' default gateway.
+var Gateway = netip.MustParseAddr("192.168.10.1")
+
+// OutsideIP is the address of a server outside the cluster, beyond the
+// nodes' gateway.
+const OutsideIP = "203.0.113.10"
+
+// Outside is the network beyond a node's gateway: a namespace at the other
+// end of the node's eth0 that holds the gateway's address, 192.168.10.1,
+// and OutsideIP. It routes only the nodes' subnet back: a pod's packet
+// reaches it, and is answered, only when the node masquerades it.
+type Outside struct {
+	Netns *Netns
+	IP    netip.Addr
+}
+
+// ConnectOutside joins the node's eth0, set up as Connect does, to the
+// outside, whose end, gw0, has a MAC made of the gateway's address.
+func ConnectOutside(t testing.TB, n *Node) *Outside {
+	t.Helper()
+	o := &Outside{Netns: NewNetns(t), IP: netip.MustParseAddr(OutsideIP)}
+	n.Netns.Run(t, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "gw0", "netns", o.Netns.Name)
+	o.Netns.Run(t, "ip", "link", "set", "gw0", "address", macOf("02:00", Gateway))
+	o.Netns.Run(t, "ip", "addr", "add", Gateway.String()+"/24", "dev", "gw0")
+	o.Netns.Run(t, "ip", "addr", "add", OutsideIP+"/32", "dev", "gw0")
+	o.Netns.Run(t, "ip", "link", "set", "gw0", "up")
+	n.setUpEth0(t)
+	waitUp(t, n.Netns, "eth0")
+	return o
+}
+
+// Listen accepts TCP connections on port at the outside server's address,
+// and closes them.
+func (o *Outside) Listen(t testing.TB, port int) { listenTCP(t, o.Netns, o.IP, port) }
 
 // AddPod wires a pod as Calico does: a veth whose node end, veth, has
 // Calico's MAC ee:ee:ee:ee:ee:ee, proxy ARP without delay and a /32 route
@@ -205,12 +245,16 @@ func waitUp(t testing.TB, n *Netns, name string) {
 }
 
 // Listen accepts TCP connections on port in the pod, and closes them.
-func (p *Pod) Listen(t testing.TB, port int) {
+func (p *Pod) Listen(t testing.TB, port int) { listenTCP(t, p.Netns, p.IP, port) }
+
+// listenTCP accepts TCP connections on ip and port inside n, and closes
+// them, until the test ends.
+func listenTCP(t testing.TB, n *Netns, ip netip.Addr, port int) {
 	t.Helper()
 	var ln net.Listener
-	p.Netns.In(t, func() error {
+	n.In(t, func() error {
 		var err error
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(p.IP, uint16(port)).String())
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(ip, uint16(port)).String())
 		return err
 	})
 	t.Cleanup(func() { ln.Close() })
@@ -221,6 +265,31 @@ func (p *Pod) Listen(t testing.TB, port int) {
 				return
 			}
 			c.Close()
+		}
+	}()
+}
+
+// EchoUDP answers each UDP datagram to port in the pod with the same
+// payload, delay after it came: a server that takes its time, as a DNS
+// forwarder asking upstream does.
+func (p *Pod) EchoUDP(t testing.TB, port int, delay time.Duration) {
+	t.Helper()
+	var conn *net.UDPConn
+	p.Netns.In(t, func() error {
+		var err error
+		conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(p.IP, uint16(port))))
+		return err
+	})
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			payload := append([]byte(nil), buf[:n]...)
+			time.AfterFunc(delay, func() { conn.WriteToUDPAddrPort(payload, from) })
 		}
 	}()
 }
