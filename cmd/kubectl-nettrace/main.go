@@ -2,8 +2,10 @@
 // shows, hop by hop, what a packet meets on its way through a Kubernetes
 // cluster. `kubectl nettrace SOURCE TARGET` traces a flow across the
 // cluster through the node agents; `node` traces one flow on the node it
-// runs on, without an API server; `cleanup` removes what killed tracers left
-// behind; `version` prints the build.
+// runs on, without an API server; `assert` checks traced paths against an
+// expectation file, for CI; `ipam show` prints the pod address pools and
+// blocks; `cleanup` removes what killed tracers left behind; `version`
+// prints the build.
 package main
 
 import (
@@ -38,6 +40,10 @@ const (
 	// exitInterrupted: SIGINT or SIGTERM ended the run, after cleaning up.
 	exitInterrupted = 5
 )
+
+// errFailed marks the error of a command that ran and whose answer is no:
+// it exits with exitFailed.
+var errFailed = errors.New("failed")
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -88,6 +94,8 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	traceCmd := newTraceCommand(flags)
 	root.AddCommand(traceCmd, newNodeCommand(stdout, stderr), newCleanupCommand(stdout), newVersionCommand(stdout))
+	root.AddCommand(newAssertCommand(flags))
+	root.AddCommand(newIPAMCommand(flags))
 	// `kubectl nettrace SOURCE TARGET` is `kubectl nettrace trace SOURCE TARGET`.
 	traceAtRoot(root, traceCmd)
 	return root
@@ -153,6 +161,8 @@ func exitCode(ctx context.Context, err error) int {
 		return exitInterrupted
 	case err == nil:
 		return exitOK
+	case errors.Is(err, errFailed):
+		return exitFailed
 	case errors.As(err, &usage), errors.Is(err, engine.ErrInvalid), errors.Is(err, cluster.ErrInvalid), !errors.As(err, &ranE):
 		return exitBadInput
 	case errors.Is(err, cluster.ErrForbidden):

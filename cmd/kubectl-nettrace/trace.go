@@ -41,10 +41,13 @@ func newTraceCommand(flags *genericclioptions.ConfigFlags) *cobra.Command {
 			"the source node's agent sends one probe (or, with --live, waits for the pod's own packet), and the\n" +
 			"hops of every node are merged into one path: each interface, rule, NAT, ARP reply, tunnel and\n" +
 			"delivery, and the reply.\n\n" +
-			"SOURCE is a pod of the namespace: NAME or pod/NAME. TARGET is one of:\n" +
+			"SOURCE is a pod of the namespace, NAME or pod/NAME, or ip/A.B.C.D, an address outside the cluster\n" +
+			"whose own traffic a --live trace follows, from the node it enters by (a node port's or the\n" +
+			"load balancer's) to the pod. TARGET is one of:\n" +
 			"  svc-b[:PORT]  svc/b[:PORT]     a service of the namespace (PORT: number or name)\n" +
 			"  pod/x[:PORT]                   a pod of the namespace\n" +
-			"  IP[:PORT]                      an address: a service's cluster IP, a pod's IP, another\n" +
+			"  IP[:PORT]                      an address: a service's cluster IP, a pod's IP, a node's or a\n" +
+			"                                 load balancer's address and port, another\n" +
 			"  node/NAME:NODEPORT             a node port of a node\n" +
 			"  NAME.DOMAIN[:PORT]             a DNS name: the lookup through the cluster DNS is traced first\n" +
 			"  external:IP:PORT               an address outside the cluster\n\n" +
@@ -54,7 +57,8 @@ func newTraceCommand(flags *genericclioptions.ConfigFlags) *cobra.Command {
 			"  kubectl nettrace client pod/server-w2:80 --pcap trace.pcapng\n" +
 			"  kubectl nettrace client kube-dns.kube-system.svc.cluster.local:53 --proto udp\n" +
 			"  kubectl nettrace client node/k8s-w2:31000\n" +
-			"  kubectl nettrace client external:192.168.10.250:80 --live --timeout 1m",
+			"  kubectl nettrace client external:192.168.10.250:80 --live --timeout 1m\n" +
+			"  kubectl nettrace ip/192.168.10.1 node/k8s-w2:31010 --live --timeout 1m",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 2 {
 				return usageError{fmt.Errorf("want SOURCE and TARGET, got %d arguments %q", len(args), args)}
@@ -68,7 +72,7 @@ func newTraceCommand(flags *genericclioptions.ConfigFlags) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&o.proto, "proto", "", "protocol: tcp, udp or icmp (default: the service port's, or tcp)")
 	f.Uint16Var(&o.port, "port", 0, "destination port, when TARGET names none")
-	f.BoolVar(&o.live, "live", false, "wait for the source pod to send the flow's packet itself")
+	f.BoolVar(&o.live, "live", false, "wait for the source to send the flow's packet itself")
 	f.DurationVar(&o.timeout, "timeout", cluster.DefaultTimeout, "how long to wait for the answer, or with --live for the first packet")
 	f.StringVar(&o.pcap, "pcap", "", "write the packets of every node, merged, to this pcapng file")
 	f.StringVarP(&o.output, "output", "o", string(render.Table), "output format: "+formatNames())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -165,8 +166,12 @@ func TestTraceAcrossTwoNodes(t *testing.T) {
 		if stopped, flow := s.isStopped(); !stopped || flow != want {
 			t.Errorf("%s: session stopped %t with %s, want stopped with %s", node, stopped, flow, want)
 		}
-		if s.cfg.Match.Port != probePort || s.cfg.Match.Proto != trace.TCP {
-			t.Errorf("%s armed for %+v, want the probe's port", node, s.cfg.Match)
+		server := netip.AddrPortFrom(serverW2IP, 8080)
+		if m := s.cfg.Match; !slices.Equal(m.Ports, []uint16{probePort}) || !slices.Equal(m.Ends, []netip.AddrPort{server}) || m.Proto != trace.TCP {
+			t.Errorf("%s armed for %+v, want the probe's port and the server", node, s.cfg.Match)
+		}
+		if s.cfg.Flow != want {
+			t.Errorf("%s armed to follow %s, want %s", node, s.cfg.Flow, want)
 		}
 		if dp.cleaned != 1 {
 			t.Errorf("%s: the agent cleaned up %d times at start, want once", node, dp.cleaned)
@@ -515,8 +520,8 @@ func TestLiveTraceFollowsThePodsOwnPacket(t *testing.T) {
 	}
 	for node, dp := range h.nodes {
 		s := dp.session(t)
-		if s.cfg.Match.Port != 8080 {
-			t.Errorf("%s armed for port %d, want the destination's", node, s.cfg.Match.Port)
+		if !slices.Equal(s.cfg.Match.Ports, []uint16{8080}) {
+			t.Errorf("%s armed for ports %v, want the destination's", node, s.cfg.Match.Ports)
 		}
 		if _, flow := s.isStopped(); flow.SrcPort != 45555 {
 			t.Errorf("%s stopped with %s, want the live flow", node, flow)

@@ -154,8 +154,15 @@ type fakeSession struct {
 }
 
 func (s *fakeSession) Await(ctx context.Context, match func(trace.Hop) bool) (trace.Hop, error) {
-	if s.d.live != nil && match(*s.d.live) {
-		return *s.d.live, nil
+	if s.d.live != nil {
+		// The live packet goes by when the trace waits for it.
+		h := *s.d.live
+		if h.Time.IsZero() {
+			h.Time = time.Now()
+		}
+		if match(h) {
+			return h, nil
+		}
 	}
 	<-ctx.Done()
 	return trace.Hop{}, ctx.Err()

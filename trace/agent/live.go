@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/kubectl-nettrace/nettrace/trace"
 )
@@ -21,15 +22,17 @@ func describeLive(f trace.Flow) string {
 	return fmt.Sprintf("%s %s > %s", f.Proto, f.Src, netip.AddrPortFrom(f.Dst, f.DstPort))
 }
 
-// startsFlow accepts the first packet of a new live flow: from the source
-// to the destination, a TCP SYN, a UDP datagram or an ICMP echo request.
+// startsFlow accepts the first packet of a new live flow seen since the
+// given time, when every node had armed: from the source to the
+// destination, a TCP SYN, a UDP datagram or an ICMP echo request. A packet
+// seen before is left: the nodes that armed later missed its way.
 // Conntrack's entries are not taken: those of earlier connections on the
 // same port end, and are reported, while the trace waits.
-func startsFlow(want trace.Flow) func(trace.Hop) bool {
+func startsFlow(want trace.Flow, since time.Time) func(trace.Hop) bool {
 	return func(h trace.Hop) bool {
 		p := h.Packet
 		if h.Kind != trace.HopInterface || p == nil || p.Outer != nil || p.Proto != want.Proto ||
-			p.Src != want.Src || p.Dst != want.Dst {
+			p.Src != want.Src || p.Dst != want.Dst || h.Time.Before(since) {
 			return false
 		}
 		switch want.Proto {

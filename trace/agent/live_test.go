@@ -3,6 +3,7 @@ package agent
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/kubectl-nettrace/nettrace/trace"
 )
@@ -10,17 +11,21 @@ import (
 func TestStartsFlowTakesOnlyANewConnectionsFirstPacket(t *testing.T) {
 	want := trace.Flow{Proto: trace.TCP, Src: clientIP, Dst: serviceIP, DstPort: 80}
 	packet := func(flags string, sport uint16) trace.Hop {
-		return trace.Hop{Kind: trace.HopInterface, Packet: &trace.Packet{Proto: trace.TCP, Src: clientIP, SrcPort: sport,
-			Dst: serviceIP, DstPort: 80, TCPFlags: flags}}
+		return trace.Hop{Time: time.Date(2026, 11, 26, 5, 0, 0, 1e6, time.UTC), Kind: trace.HopInterface,
+			Packet: &trace.Packet{Proto: trace.TCP, Src: clientIP, SrcPort: sport, Dst: serviceIP, DstPort: 80, TCPFlags: flags}}
 	}
 	oldEntry := trace.Hop{Kind: trace.HopNAT, NAT: &trace.NAT{Type: "DNAT", Original: trace.Tuple{Proto: trace.TCP,
 		Src: netip.AddrPortFrom(clientIP, 43075), Dst: netip.AddrPortFrom(serviceIP, 80)}}}
-	starts := startsFlow(want)
+	armed := time.Date(2026, 11, 26, 5, 0, 0, 0, time.UTC)
+	starts := startsFlow(want, armed)
+	early := packet("S", 44000)
+	early.Time = armed.Add(-time.Millisecond)
 	for name, c := range map[string]struct {
 		hop  trace.Hop
 		want bool
 	}{
 		"syn":                          {packet("S", 45000), true},
+		"syn before every node armed":  {early, false},
 		"ack of an earlier connection": {packet(".", 41000), false},
 		"fin of an earlier connection": {packet("F.", 41000), false},
 		"conntrack entry ending":       {oldEntry, false},

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -143,7 +144,8 @@ func (r *runner) lock(ctx context.Context) (func(), error) {
 func (r *runner) arm(ctx context.Context, flow trace.Flow, pods []watchedPod) (Session, error) {
 	cfg := engine.Config{
 		Node:  r.a.cfg.Node,
-		Match: matchOf(flow, pods, r.source()),
+		Match: matchOf(flow, pods, r.latest.Spec.Target.Endpoints, r.source()),
+		Flow:  flow,
 	}
 	for _, p := range pods {
 		cfg.Watch = append(cfg.Watch, engine.Watch{Path: p.Netns, Label: p.label})
@@ -157,10 +159,19 @@ func (r *runner) arm(ctx context.Context, flow trace.Flow, pods []watchedPod) (S
 	return sess, nil
 }
 
+// maxEnds bounds the ends a match names; a target with more endpoints is
+// selected by their ports.
+const maxEnds = 32
+
 // matchOf selects the flow in the node's sources: by the probe's unique
 // source port (for ICMP its echo identifier) or, live, by the port the
-// packets carry here, and for ICMP by the addresses the flow may have.
-func matchOf(flow trace.Flow, pods []watchedPod, onSource bool) trace.Match {
+// packets carry here, and for ICMP by the addresses the flow may have. TCP
+// and UDP are selected by the destination and the target's endpoints too,
+// so that a MASQUERADE that gives the flow another source port, on this
+// node or before, does not hide it: the captures see the rewritten packets
+// from the first on. The engine widens the match across what these miss,
+// and the correlator leaves out the other flows the ends select.
+func matchOf(flow trace.Flow, pods []watchedPod, endpoints []cluster.Endpoint, onSource bool) trace.Match {
 	m := trace.Match{Proto: flow.Proto, Addrs: []netip.Addr{flow.Src, flow.Dst}}
 	for _, p := range pods {
 		if p.IP != flow.Src && p.IP != flow.Dst {
@@ -169,13 +180,37 @@ func matchOf(flow trace.Flow, pods []watchedPod, onSource bool) trace.Match {
 	}
 	switch {
 	case flow.SrcPort != 0:
-		m.Port = flow.SrcPort
+		m.Ports = []uint16{flow.SrcPort}
 	case flow.Proto != trace.ICMP && onSource:
-		m.Port = flow.DstPort
+		m.Ports = []uint16{flow.DstPort}
 	case flow.Proto != trace.ICMP:
-		m.Port = livePort(flow, pods)
+		m.Ports = []uint16{livePort(flow, pods)}
+	}
+	if flow.Proto != trace.ICMP {
+		m.Ends = endsOf(flow, endpoints)
+	}
+	if len(m.Ends) > maxEnds {
+		for _, e := range m.Ends {
+			if !slices.Contains(m.Ports, e.Port()) {
+				m.Ports = append(m.Ports, e.Port())
+			}
+		}
+		m.Ends = nil
 	}
 	return m
+}
+
+// endsOf lists the destination of a TCP or UDP flow and the endpoints of
+// its target, each once.
+func endsOf(flow trace.Flow, endpoints []cluster.Endpoint) []netip.AddrPort {
+	ends := []netip.AddrPort{netip.AddrPortFrom(flow.Dst, flow.DstPort)}
+	for _, ep := range endpoints {
+		addr, err := netip.ParseAddr(ep.Address)
+		if end := netip.AddrPortFrom(addr, uint16(ep.Port)); err == nil && ep.Port != 0 && !slices.Contains(ends, end) {
+			ends = append(ends, end)
+		}
+	}
+	return ends
 }
 
 // livePort is the port a live flow's packets carry on a node other than

@@ -28,31 +28,36 @@ type watchedPod struct {
 	port uint16
 }
 
-// runSource runs the source node's part: it checks the request, finds
-// the source pod, plans the probe and publishes the flow, arms, waits for
-// the other nodes to arm, sends the probe (or awaits the live packet),
-// publishes the answer, then stops and reports.
+// runSource runs the part of the node that leads the trace: it checks
+// the request, finds the source pod, plans the probe and publishes the
+// flow, arms, waits for the other nodes to arm, sends the probe (or awaits
+// the live packet), publishes the answer, then stops and reports. For a
+// source outside the cluster, this is the node its traffic enters by:
+// there is no pod to find and no probe, the trace awaits the source's own
+// packet as it arrives.
 func (r *runner) runSource(ctx context.Context) error {
 	nt := r.latest
 	src, err := r.a.validate(ctx, nt)
 	if err != nil {
 		return r.abandon(nil, err)
 	}
-	pod, err := r.a.cfg.Dataplane.FindPod(src.ip)
-	if err != nil {
-		return r.abandon(nil, fmt.Errorf("finding the network namespace of pod %s (%s) on %s: %w",
-			src.label, src.ip, r.a.cfg.Node, err))
-	}
-	pods := append([]watchedPod{{Pod: pod, label: src.label}}, r.localEndpoints(src.ip)...)
-
+	pods := r.localEndpoints(src.ip)
 	flow := trace.Flow{Proto: nt.Spec.Flow.Proto, Src: src.ip, Dst: src.dst, DstPort: uint16(nt.Spec.Flow.DstPort)}
 	var prober Prober
-	if nt.Spec.Mode != cluster.ModeLive {
-		if prober, err = r.a.cfg.Dataplane.Plan(pod, probeSpec(nt, flow)); err != nil {
-			return r.abandon(nil, err)
+	if !src.outside() {
+		pod, err := r.a.cfg.Dataplane.FindPod(src.ip)
+		if err != nil {
+			return r.abandon(nil, fmt.Errorf("finding the network namespace of pod %s (%s) on %s: %w",
+				src.label, src.ip, r.a.cfg.Node, err))
 		}
-		defer prober.Close()
-		flow = prober.Flow()
+		pods = append([]watchedPod{{Pod: pod, label: src.label}}, pods...)
+		if nt.Spec.Mode != cluster.ModeLive {
+			if prober, err = r.a.cfg.Dataplane.Plan(pod, probeSpec(nt, flow)); err != nil {
+				return r.abandon(nil, err)
+			}
+			defer prober.Close()
+			flow = prober.Flow()
+		}
 	}
 
 	armCtx, cancel := context.WithTimeout(ctx, nt.ArmTimeout())
@@ -95,7 +100,7 @@ func (r *runner) runSource(ctx context.Context) error {
 		return r.abandon(sess, err)
 	}
 
-	answer, flow, err := r.exchange(ctx, sess, prober, flow)
+	answer, flow, err := r.exchange(ctx, sess, prober, flow, started.Started)
 	if err != nil {
 		return r.abandon(sess, err)
 	}
@@ -149,9 +154,10 @@ func probeSpec(nt *cluster.NetTrace, flow trace.Flow) probe.Spec {
 }
 
 // exchange sends the probe and returns what came back; live, it waits up
-// to the timeout for the pod's first packet of the flow, completes the
-// flow with its source port, and waits a moment for its reply.
-func (r *runner) exchange(ctx context.Context, sess Session, prober Prober, flow trace.Flow) (cluster.ProbeStatus, trace.Flow, error) {
+// to the timeout for the source's first packet of the flow since started,
+// when every node had armed, completes the flow with its source port, and
+// waits a moment for its reply.
+func (r *runner) exchange(ctx context.Context, sess Session, prober Prober, flow trace.Flow, started time.Time) (cluster.ProbeStatus, trace.Flow, error) {
 	if prober != nil {
 		res, err := prober.Send(ctx)
 		if err != nil {
@@ -165,7 +171,7 @@ func (r *runner) exchange(ctx context.Context, sess Session, prober Prober, flow
 	timeout := r.latest.Spec.Timeout.Duration
 	waitFirst, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	first, err := sess.Await(waitFirst, startsFlow(flow))
+	first, err := sess.Await(waitFirst, startsFlow(flow, started))
 	if err != nil {
 		if ctx.Err() != nil {
 			return cluster.ProbeStatus{}, flow, ctx.Err()

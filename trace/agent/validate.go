@@ -31,19 +31,27 @@ func invalidf(format string, args ...any) error {
 	return invalidError{fmt.Errorf(format, args...)}
 }
 
-// checkedSource is a source pod that may be traced from this node.
+// checkedSource is a source pod that may be traced from this node, or an
+// address outside the cluster whose traffic enters by this node.
 type checkedSource struct {
 	ip netip.Addr
-	// label is "namespace/name".
+	// label is "namespace/name"; empty for an address outside the cluster.
 	label string
 	dst   netip.Addr
 }
 
+// outside reports whether the source is an address outside the cluster.
+func (s checkedSource) outside() bool { return s.label == "" }
+
 // validate checks what the source agent acts on, with the agent's own
 // view of the cluster: the source pod exists in the NetTrace's namespace,
 // runs on this node with an IPv4 address of its own, and the flow is one
-// that can be traced.
+// that can be traced. A source outside the cluster must be an IPv4
+// address, traced live.
 func (a *Agent) validate(ctx context.Context, nt *cluster.NetTrace) (checkedSource, error) {
+	if nt.Spec.SourceIP != "" {
+		return validateOutside(nt)
+	}
 	label := nt.Namespace + "/" + nt.Spec.Source
 	pod, err := a.cfg.Kube.CoreV1().Pods(nt.Namespace).Get(ctx, nt.Spec.Source, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
@@ -70,6 +78,28 @@ func (a *Agent) validate(ctx context.Context, nt *cluster.NetTrace) (checkedSour
 		return checkedSource{}, err
 	}
 	return checkedSource{ip: src, label: label, dst: dst}, nil
+}
+
+// validateOutside checks a trace from an address outside the cluster.
+func validateOutside(nt *cluster.NetTrace) (checkedSource, error) {
+	src, err := netip.ParseAddr(nt.Spec.SourceIP)
+	if err != nil || !src.Is4() {
+		return checkedSource{}, invalidf("source address %q: only IPv4 is supported yet", nt.Spec.SourceIP)
+	}
+	dst, err := netip.ParseAddr(nt.Spec.Flow.Dst)
+	if err != nil || !dst.Is4() {
+		return checkedSource{}, invalidf("destination %q: only IPv4 is supported yet", nt.Spec.Flow.Dst)
+	}
+	switch {
+	case nt.Spec.Mode != cluster.ModeLive:
+		return checkedSource{}, invalidf("source %s is outside the cluster, where no probe can be sent from: the trace must be live", src)
+	case nt.Spec.Source != "":
+		return checkedSource{}, invalidf("the trace names a source pod %q and a source address %s", nt.Spec.Source, src)
+	}
+	if err := validFlow(nt.Spec); err != nil {
+		return checkedSource{}, err
+	}
+	return checkedSource{ip: src, dst: dst}, nil
 }
 
 // validFlow checks the protocol, port, mode and timeout of a spec.

@@ -238,6 +238,13 @@ func TestNetTraceSchemaRefusesBadSpecs(t *testing.T) {
 		"port":  func(nt *NetTrace) { nt.Spec.Flow.DstPort = 70000 },
 		"nodes": func(nt *NetTrace) { nt.Spec.Nodes = nil },
 		"mode":  func(nt *NetTrace) { nt.Spec.Mode = "replay" },
+		"two-sources": func(nt *NetTrace) {
+			nt.Spec.SourceIP, nt.Spec.Mode = "192.168.10.1", ModeLive
+		},
+		"no-source": func(nt *NetTrace) { nt.Spec.Source = "" },
+		"outside-probed": func(nt *NetTrace) {
+			nt.Spec.Source, nt.Spec.SourceIP = "", "192.168.10.1"
+		},
 	} {
 		nt := sampleTrace("schema")
 		nt.Name = "bad-" + name
@@ -245,6 +252,16 @@ func TestNetTraceSchemaRefusesBadSpecs(t *testing.T) {
 		if _, err := c.Create(context.Background(), nt); !apierrors.IsInvalid(err) {
 			t.Errorf("a NetTrace with a bad %s: got %v, want it refused as invalid", name, err)
 		}
+	}
+	outside := sampleTrace("schema")
+	outside.Name = "from-outside"
+	outside.Spec.Source, outside.Spec.SourceIP, outside.Spec.Mode = "", "192.168.10.1", ModeLive
+	created, err := c.Create(context.Background(), outside)
+	if err != nil {
+		t.Fatalf("a live NetTrace from outside the cluster: %v", err)
+	}
+	if created.Spec.SourceIP != "192.168.10.1" {
+		t.Errorf("the API server kept spec %+v, want sourceIP 192.168.10.1", created.Spec)
 	}
 }
 
@@ -284,14 +301,14 @@ func TestNetTracePrinterColumns(t *testing.T) {
 	for _, col := range table.ColumnDefinitions {
 		names = append(names, col.Name)
 	}
-	if want := []string{"Name", "Source", "Target", "Mode", "Nodes", "Phase", "Result", "Age"}; !reflect.DeepEqual(names, want) {
+	if want := []string{"Name", "Source", "Source IP", "Target", "Mode", "Nodes", "Phase", "Result", "Age"}; !reflect.DeepEqual(names, want) {
 		t.Fatalf("columns %v, want %v", names, want)
 	}
 	if len(table.Rows) != 1 {
 		t.Fatalf("%d rows, want 1", len(table.Rows))
 	}
 	row := table.Rows[0].Cells
-	if row[1] != "client" || row[2] != "svc/nginx-test" || row[5] != "Done" || row[6] != "replied" {
+	if row[1] != "client" || row[3] != "svc/nginx-test" || row[6] != "Done" || row[7] != "replied" {
 		t.Fatalf("row %v", row)
 	}
 }

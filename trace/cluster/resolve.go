@@ -37,7 +37,7 @@ type resolver struct {
 
 // request is a parsed trace request, with the flags that shape the flow.
 type request struct {
-	source string
+	source SourceRef
 	target TargetRef
 	// proto is the --proto flag, empty when not given.
 	proto trace.Proto
@@ -45,11 +45,21 @@ type request struct {
 	port uint16
 }
 
-// source is the resolved source pod.
+// source is the resolved source: a pod, or an address outside the
+// cluster (pod is nil), and the node whose agent leads the trace.
 type source struct {
 	pod  *corev1.Pod
 	ip   netip.Addr
 	node string
+}
+
+// name names the source in the NetTrace's name and label: the pod's name,
+// or "ip-192-168-10-1".
+func (s source) name() string {
+	if s.pod != nil {
+		return s.pod.Name
+	}
+	return "ip-" + strings.ReplaceAll(s.ip.String(), ".", "-")
 }
 
 // sourcePod reads and checks the source pod: it must exist in the
@@ -357,6 +367,12 @@ func (r *resolver) nodePortTarget(ctx context.Context, t *Target, port uint16) e
 	if t.Address == "" {
 		return invalidf("node %s has no internal IPv4 address", t.Name)
 	}
+	return r.nodePortEndpoints(ctx, t, port)
+}
+
+// nodePortEndpoints sets the endpoints of the service of the namespace
+// (or, if the user may list them, of any namespace) that has the node port.
+func (r *resolver) nodePortEndpoints(ctx context.Context, t *Target, port uint16) error {
 	for _, ns := range []string{r.namespace, metav1.NamespaceAll} {
 		svcs, err := r.kube.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {

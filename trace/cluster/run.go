@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"strings"
 	"time"
@@ -41,7 +42,8 @@ type Options struct {
 	Dynamic dynamic.Interface
 	// Namespace is the source pod's, and the NetTrace's.
 	Namespace string
-	// Source and Target are as ParseSource and ParseTarget accept them.
+	// Source and Target are as ParseSource and ParseTarget accept them. A
+	// source outside the cluster (ip/A.B.C.D) needs Live.
 	Source, Target string
 	// Proto is tcp, udp or icmp; empty takes the service port's, or tcp.
 	Proto string
@@ -63,6 +65,10 @@ type Options struct {
 	// Lookup, when set, receives the path of the DNS lookup that resolves
 	// a DNS target, before that target is traced.
 	Lookup func(*trace.Path)
+	// Armed, when set, is called once the agents have armed (or the arm
+	// timeout passed): the probe is then on its way, or a live trace waits
+	// for the traffic, which is the moment to send it.
+	Armed func()
 }
 
 // Run traces one flow across the cluster: it resolves the source pod and
@@ -71,6 +77,10 @@ type Options struct {
 // into one path, and deletes the NetTrace, also when ctx ends. A DNS
 // target is looked up first, by tracing the DNS query from the source
 // pod; the flow to the answer is traced then.
+//
+// A source outside the cluster sends its own traffic: the trace is live,
+// to a node port or a load balancer's address, and led by the agent of
+// the node the traffic enters by (see outsideTarget).
 //
 // A node whose agent took part but did not report (it was killed during
 // the trace) leaves a gap, which the path's losses (Source AgentSource)
@@ -82,7 +92,15 @@ func Run(ctx context.Context, opts Options) (*trace.Path, error) {
 		return nil, err
 	}
 	r := &resolver{kube: opts.Kube, namespace: opts.Namespace}
-	src, err := r.sourcePod(ctx, req.source)
+	if req.source.Outside() {
+		target, proto, entry, err := r.outsideTarget(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		t := &tracer{opts: opts, client: NewClient(opts.Dynamic), src: source{ip: req.source.Addr, node: entry}}
+		return t.trace(ctx, target, proto)
+	}
+	src, err := r.sourcePod(ctx, req.source.Pod)
 	if err != nil {
 		return nil, err
 	}
@@ -127,6 +145,10 @@ func parseRequest(opts Options) (request, error) {
 	req.port = opts.Port
 	if opts.Namespace == "" {
 		return req, invalidf("no namespace: give one with -n")
+	}
+	if req.source.Outside() && !opts.Live {
+		return req, invalidf("source %q is outside the cluster, where no probe can be sent from: "+
+			"trace its own traffic with --live", req.source.Given)
 	}
 	return req, nil
 }
@@ -208,6 +230,10 @@ func createError(err error, namespace string) error {
 		return cannotRunf("the API server does not serve %s.%s: apply deploy/crds/nettrace.yaml and deploy/agent/: %w",
 			Resource.Resource, Group, err)
 	}
+	if apierrors.IsInvalid(err) {
+		return cannotRunf("the API server refused the NetTrace, whose schema may be older than this plugin: "+
+			"apply deploy/crds/nettrace.yaml of this version: %w", err)
+	}
 	return apiError(err, "create", Resource.Resource+"."+Group, namespace)
 }
 
@@ -217,7 +243,7 @@ func (t *tracer) newNetTrace(target Target, proto trace.Proto) (*NetTrace, error
 	if _, err := rand.Read(suffix); err != nil {
 		return nil, fmt.Errorf("naming the NetTrace: %w", err)
 	}
-	name := "trace-" + t.src.pod.Name
+	name := "trace-" + t.src.name()
 	if len(name) > 50 {
 		name = name[:50]
 	}
@@ -233,10 +259,9 @@ func (t *tracer) newNetTrace(target Target, proto trace.Proto) (*NetTrace, error
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      strings.TrimRight(name, "-.") + "-" + hex.EncodeToString(suffix),
 			Namespace: t.opts.Namespace,
-			Labels:    map[string]string{Group + "/source": t.src.pod.Name},
+			Labels:    map[string]string{Group + "/source": t.src.name()},
 		},
 		Spec: Spec{
-			Source:     t.src.pod.Name,
 			SourceNode: t.src.node,
 			Target:     target,
 			Flow:       FlowSpec{Proto: proto, Dst: target.Address, DstPort: target.Port},
@@ -245,6 +270,11 @@ func (t *tracer) newNetTrace(target Target, proto trace.Proto) (*NetTrace, error
 			Nodes:      involvedNodes(t.src.node, target),
 			Pcap:       t.opts.Pcap != nil,
 		},
+	}
+	if t.src.pod != nil {
+		nt.Spec.Source = t.src.pod.Name
+	} else {
+		nt.Spec.SourceIP = t.src.ip.String()
 	}
 	if proto == trace.ICMP {
 		nt.Spec.Flow.DstPort = 0
@@ -272,7 +302,7 @@ func (t *tracer) wait(ctx context.Context, nt *NetTrace) (*NetTrace, error) {
 	defer deadline.Stop()
 
 	latest := nt
-	collecting := false
+	collecting, armed := false, false
 	t.progress(latest)
 	var w watch.Interface
 	defer func() {
@@ -319,6 +349,12 @@ func (t *tracer) wait(ctx context.Context, nt *NetTrace) (*NetTrace, error) {
 			return nil, ctx.Err()
 		}
 		t.progress(latest)
+		if !armed && latest.Status.Probe != nil {
+			armed = true
+			if t.opts.Armed != nil {
+				t.opts.Armed()
+			}
+		}
 		if latest.Status.Final() || latest.Complete() {
 			return latest, failure(latest)
 		}
@@ -383,6 +419,8 @@ func (t *tracer) progress(nt *NetTrace) {
 	case PhaseRunning:
 		if nt.Status.Flow != nil && nt.Spec.Mode == ModeProbe {
 			t.opts.Progress("probing " + nt.Status.Flow.String())
+		} else if nt.Spec.SourceIP != "" {
+			t.opts.Progress("waiting for " + nt.Spec.SourceIP + " to send to " + net.JoinHostPort(nt.Spec.Flow.Dst, fmt.Sprint(nt.Spec.Flow.DstPort)))
 		} else {
 			t.opts.Progress("waiting for the pod's own packet")
 		}

@@ -8,20 +8,54 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 )
 
+// SourceRef is a SOURCE as the user gave it: a pod of the namespace, or an
+// address outside the cluster.
+type SourceRef struct {
+	Given string
+	// Pod is the source pod's name; empty for an address.
+	Pod string
+	// Addr is the address, outside the cluster, that the traffic comes
+	// from; the zero Addr for a pod.
+	Addr netip.Addr
+}
+
+// Outside reports whether the source is an address outside the cluster.
+func (s SourceRef) Outside() bool { return s.Addr.IsValid() }
+
 // ParseSource parses the SOURCE of `kubectl nettrace SOURCE TARGET`: a pod
-// name, "pod/NAME" or "po/NAME". It returns the pod's name.
-func ParseSource(s string) (string, error) {
-	name := s
+// name, "pod/NAME" or "po/NAME", or "ip/A.B.C.D", an address outside the
+// cluster whose own traffic a live trace follows.
+func ParseSource(s string) (SourceRef, error) {
+	ref := SourceRef{Given: s, Pod: s}
 	if kind, rest, ok := strings.Cut(s, "/"); ok {
-		if !isPodKind(kind) {
-			return "", invalidf("source %q: a trace starts from a pod: NAME or pod/NAME", s)
+		switch {
+		case kind == "ip":
+			return ref, parseOutsideSource(&ref, rest)
+		case !isPodKind(kind):
+			return ref, invalidf("source %q: a trace starts from a pod, NAME or pod/NAME, or from an address outside the cluster, ip/A.B.C.D", s)
 		}
-		name = rest
+		ref.Pod = rest
 	}
-	if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
-		return "", invalidf("source %q: not a pod name: %s", s, strings.Join(errs, "; "))
+	if errs := validation.IsDNS1123Subdomain(ref.Pod); len(errs) > 0 {
+		return ref, invalidf("source %q: not a pod name: %s", s, strings.Join(errs, "; "))
 	}
-	return name, nil
+	return ref, nil
+}
+
+// parseOutsideSource parses the address of an ip/A.B.C.D source into ref.
+func parseOutsideSource(ref *SourceRef, s string) error {
+	ref.Pod = ""
+	a, err := netip.ParseAddr(s)
+	switch {
+	case err != nil:
+		return invalidf("source %q: bad IP %q", ref.Given, s)
+	case !a.Is4():
+		return invalidf("source %q: IPv6 is not supported yet", ref.Given)
+	case !a.IsGlobalUnicast():
+		return invalidf("source %q: %s cannot be the source of a flow", ref.Given, a)
+	}
+	ref.Addr = a
+	return nil
 }
 
 // TargetRef is a TARGET as the user gave it, before it is resolved.

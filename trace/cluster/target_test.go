@@ -8,23 +8,33 @@ import (
 )
 
 func TestParseSource(t *testing.T) {
-	for _, c := range []struct{ in, want, err string }{
-		{in: "pod-a", want: "pod-a"},
-		{in: "pod/pod-a", want: "pod-a"},
-		{in: "po/pod-a", want: "pod-a"},
-		{in: "svc/web", err: "a trace starts from a pod"},
+	for _, c := range []struct{ in, pod, addr, err string }{
+		{in: "pod-a", pod: "pod-a"},
+		{in: "pod/pod-a", pod: "pod-a"},
+		{in: "po/pod-a", pod: "pod-a"},
+		{in: "ip/192.168.10.1", addr: "192.168.10.1"},
+		{in: "ip/203.0.113.7", addr: "203.0.113.7"},
+		{in: "svc/web", err: "a trace starts from a pod, NAME or pod/NAME, or from an address outside the cluster"},
 		{in: "Pod_A", err: "not a pod name"},
 		{in: "", err: "not a pod name"},
+		{in: "ip/192.168.10", err: `bad IP "192.168.10"`},
+		{in: "ip/fd00::1", err: "IPv6 is not supported yet"},
+		{in: "ip/127.0.0.1", err: "127.0.0.1 cannot be the source of a flow"},
+		{in: "ip/0.0.0.0", err: "cannot be the source"},
 	} {
 		got, err := ParseSource(c.in)
 		if c.err != "" {
 			if err == nil || !strings.Contains(err.Error(), c.err) || !errors.Is(err, ErrInvalid) {
-				t.Errorf("ParseSource(%q) = %q, %v; want an invalid error with %q", c.in, got, err, c.err)
+				t.Errorf("ParseSource(%q) = %+v, %v; want an invalid error with %q", c.in, got, err, c.err)
 			}
 			continue
 		}
-		if err != nil || got != c.want {
-			t.Errorf("ParseSource(%q) = %q, %v; want %q", c.in, got, err, c.want)
+		addr := ""
+		if got.Outside() {
+			addr = got.Addr.String()
+		}
+		if err != nil || got.Pod != c.pod || addr != c.addr || got.Given != c.in {
+			t.Errorf("ParseSource(%q) = %+v, %v; want pod %q, address %q", c.in, got, err, c.pod, c.addr)
 		}
 	}
 }

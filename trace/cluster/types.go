@@ -32,10 +32,14 @@ type NetTrace struct {
 // Spec is the trace that was asked for.
 type Spec struct {
 	// Source is the name of the pod the trace starts from, in the
-	// NetTrace's namespace.
-	Source string `json:"source"`
-	// SourceNode is the node the source pod runs on: its agent plans and
-	// sends the probe.
+	// NetTrace's namespace; empty when SourceIP is set.
+	Source string `json:"source,omitempty"`
+	// SourceIP is an address outside the cluster whose own traffic a
+	// live trace follows, instead of a pod's.
+	SourceIP string `json:"sourceIP,omitempty"`
+	// SourceNode is the node whose agent leads the trace: the node the
+	// source pod runs on, which plans and sends the probe; for SourceIP,
+	// the node the traffic enters the cluster by, which waits for it.
 	SourceNode string `json:"sourceNode"`
 	// Target is the destination as the user gave it and as it was resolved.
 	Target Target `json:"target"`
