@@ -12,6 +12,7 @@ import (
 
 	"github.com/kubectl-nettrace/nettrace/trace"
 	"github.com/kubectl-nettrace/nettrace/trace/cluster"
+	"github.com/kubectl-nettrace/nettrace/trace/engine"
 	"github.com/kubectl-nettrace/nettrace/trace/probe"
 	"github.com/kubectl-nettrace/nettrace/trace/route"
 )
@@ -171,15 +172,15 @@ func (r *runner) exchange(ctx context.Context, sess Session, prober Prober, flow
 	timeout := r.latest.Spec.Timeout.Duration
 	waitFirst, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	first, err := sess.Await(waitFirst, startsFlow(flow, started))
+	first, err := sess.Await(waitFirst, engine.StartsFlow(flow, started))
 	if err != nil {
 		if ctx.Err() != nil {
 			return cluster.ProbeStatus{}, flow, ctx.Err()
 		}
 		return cluster.ProbeStatus{Finished: time.Now(), Result: trace.NoAnswer,
-			Reply: fmt.Sprintf("no packet of %s within %s", describeLive(flow), timeout)}, flow, nil
+			Reply: fmt.Sprintf("no packet of %s within %s", engine.DescribeLive(flow), timeout)}, flow, nil
 	}
-	flow = flowOf(flow, first)
+	flow = engine.FlowOf(flow, first)
 	r.log.Info("following a live flow", "flow", flow.String())
 	waitReply, cancel := context.WithTimeout(ctx, liveReplyWait)
 	defer cancel()

@@ -200,6 +200,7 @@ func Trace(ctx context.Context, req Request) (trace.Path, error) {
 			Netns: podLabel(dst.IP), HostVeth: dst.HostVeth})
 	}
 	started := time.Now()
+	t.started = started
 	sess, err := Start(ctx, cfg)
 	if err != nil {
 		return trace.Path{}, err
@@ -248,6 +249,9 @@ type oneShot struct {
 	probe    *probe.Probe
 	// flow is the traced flow; its SrcPort is zero until known.
 	flow trace.Flow
+	// started is when arming began: a live flow's first packet is looked
+	// for from then on.
+	started time.Time
 }
 
 // planProbe plans the probe in the source pod's namespace, with a port
@@ -333,20 +337,20 @@ func (t *oneShot) run(ctx context.Context, s *Session) (*correlate.Answer, error
 	}
 
 	want := t.req.Flow
-	t.say("waiting up to %s for %s", t.req.Timeout, describeLive(want))
+	t.say("waiting up to %s for %s", t.req.Timeout, DescribeLive(want))
 	deadline := time.Now().Add(t.req.Timeout)
 	waitFirst, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	first, err := s.Await(waitFirst, startsFlow(want))
+	first, err := s.Await(waitFirst, StartsFlow(want, t.started))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		waited := fmt.Sprintf("no packet of %s within %s", describeLive(want), t.req.Timeout)
+		waited := fmt.Sprintf("no packet of %s within %s", DescribeLive(want), t.req.Timeout)
 		t.say("%s", waited)
 		return &correlate.Answer{Result: trace.NoAnswer, Reply: waited}, nil
 	}
-	t.flow = flowOf(want, first)
+	t.flow = FlowOf(want, first)
 	t.say("following %s", t.flow)
 	replyBy := time.Now().Add(liveReplyWait)
 	if deadline.Before(replyBy) {
@@ -358,43 +362,6 @@ func (t *oneShot) run(ctx context.Context, s *Session) (*correlate.Answer, error
 		return nil, ctx.Err()
 	}
 	return nil, nil
-}
-
-// describeLive names the flow a live trace waits for: "tcp 172.16.0.5 > 10.96.0.10:80".
-func describeLive(f trace.Flow) string {
-	if f.Proto == trace.ICMP {
-		return fmt.Sprintf("icmp %s > %s", f.Src, f.Dst)
-	}
-	return fmt.Sprintf("%s %s > %s", f.Proto, f.Src, netip.AddrPortFrom(f.Dst, f.DstPort))
-}
-
-// startsFlow accepts the first packet of a live flow, from the source to
-// the destination (for ICMP an echo request), seen after the session
-// armed. A conntrack entry does not start it: the dump at arm time reports
-// the entries of connections made before.
-func startsFlow(want trace.Flow) func(trace.Hop) bool {
-	return func(h trace.Hop) bool {
-		p := h.Packet
-		if h.NAT != nil || p == nil || p.Proto != want.Proto || p.Src != want.Src || p.Dst != want.Dst {
-			return false
-		}
-		if want.Proto == trace.ICMP {
-			return p.ICMPType == icmpEchoRequest
-		}
-		return p.DstPort == want.DstPort
-	}
-}
-
-// flowOf completes the live flow with the client's port (for ICMP the echo
-// identifier) of its first packet.
-func flowOf(want trace.Flow, first trace.Hop) trace.Flow {
-	f := want
-	if f.Proto == trace.ICMP {
-		f.SrcPort = first.Packet.ICMPID
-	} else {
-		f.SrcPort = first.Packet.SrcPort
-	}
-	return f
 }
 
 // answerAtClient accepts the capture, in the client's namespace, of the
