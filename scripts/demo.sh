@@ -103,7 +103,7 @@ nettrace client nginx-test.default.svc.cluster.local
 
 heading "The lab is up" \
 	"More: docs/walkthrough.md (every chapter of the seed), kubectl nettrace --help, and" \
-	"  bin/kubectl-nettrace assert -f docs/examples/paths.yaml    # the same paths, as CI checks" \
+	"  bin/kubectl-nettrace assert -f docs/paths.yaml    # the same paths, as CI checks" \
 	"  bin/kubectl-nettrace ipam show --show-blocks               # seed §3" \
 	"  export KUBECONFIG=/var/lib/nettrace-lab/kubeconfig          # for kubectl nettrace" \
 	"Take it down with: bin/nettrace-lab down    (or make down)"

@@ -41,7 +41,7 @@ func newAssertCommand(flags *genericclioptions.ConfigFlags) *cobra.Command {
 			"observed, and the observed path. docs/assert.md describes the file.\n\n" +
 			"Exit codes: 0 every case holds, 1 a case failed, 2 bad input (the file, or a case that names\n" +
 			"what does not exist), 3 a trace could not run, 4 forbidden, 5 interrupted.",
-		Example: "  kubectl nettrace assert -f docs/examples/paths.yaml\n" +
+		Example: "  kubectl nettrace assert -f docs/paths.yaml\n" +
 			"  kubectl nettrace assert -f paths.yaml --junit report.xml",
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

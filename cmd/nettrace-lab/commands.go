@@ -83,7 +83,7 @@ func newKubectlCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return cfg.Kubectl(cmd.Context(), os.Stdin, os.Stdout, os.Stderr, args...)
+			return passStatus(cfg.Kubectl(cmd.Context(), os.Stdin, os.Stdout, os.Stderr, args...))
 		},
 	}
 }
@@ -110,7 +110,7 @@ func newExecCommand(g *globals) *cobra.Command {
 				return err
 			}
 			c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
-			return c.Run()
+			return passStatus(c.Run())
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "the pod's namespace")

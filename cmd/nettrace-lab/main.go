@@ -29,6 +29,19 @@ const (
 // usageError marks an error in the command line.
 type usageError struct{ error }
 
+// passthrough is the failure of the command that `exec` or `kubectl` ran,
+// whose exit status nettrace-lab exits with.
+type passthrough struct{ *exec.ExitError }
+
+// passStatus marks the error of a command run for the user.
+func passStatus(err error) error {
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
+		return passthrough{exitErr}
+	}
+	return err
+}
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -37,12 +50,13 @@ func main() {
 	if err == nil {
 		return
 	}
-	var exitErr *exec.ExitError
+	var passed passthrough
 	var usage usageError
 	switch {
-	case errors.As(err, &exitErr):
-		// A command run by exec or kubectl failed: pass its status on.
-		os.Exit(exitErr.ExitCode())
+	case errors.As(err, &passed):
+		// The command run by exec or kubectl failed: pass its status on;
+		// it has said why itself.
+		os.Exit(passed.ExitCode())
 	case errors.Is(err, lab.ErrNotUp):
 		fmt.Fprintln(os.Stderr, "error:", err)
 		os.Exit(exitNotUp)

@@ -87,8 +87,8 @@ func TestAssertExamplesHold(t *testing.T) {
 	traceSetup(t)
 	junit := filepath.Join(t.TempDir(), "junit.xml")
 	r := runExit(t, bin("kubectl-nettrace"), "--kubeconfig", labKubeconfig(t),
-		"assert", "-f", "docs/examples/paths.yaml", "--junit", junit)
-	t.Logf("kubectl nettrace assert -f docs/examples/paths.yaml:\n%s%s", r.stdout, r.stderr)
+		"assert", "-f", "docs/paths.yaml", "--junit", junit)
+	t.Logf("kubectl nettrace assert -f docs/paths.yaml:\n%s%s", r.stdout, r.stderr)
 	if r.code != 0 {
 		t.Fatalf("exit %d, want 0: every example path holds", r.code)
 	}

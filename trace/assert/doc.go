@@ -1,5 +1,5 @@
 // Package assert checks traced paths against expectations, for CI: a file
-// of cases (docs/assert.md describes it, docs/examples/paths.yaml is one)
+// of cases (docs/assert.md describes it, docs/paths.yaml is one)
 // names flows as `kubectl nettrace SOURCE TARGET` takes them and what each
 // path must show: the NAT rewrites and where they lead, the tunnel between
 // nodes, the rules hit and not hit, and how the path ends. Parse reads the
