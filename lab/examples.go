@@ -13,13 +13,38 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// ApplyExamples applies the seed's manifests in dir (docs/examples).
+// ApplyExamples applies the seed's manifests in dir (docs/examples), once
+// the default namespace's service account exists: a pod cannot be created
+// before the controller manager has made it.
 func (l *Lab) ApplyExamples(ctx context.Context, dir string) error {
+	if err := l.waitDefaultServiceAccount(ctx); err != nil {
+		return err
+	}
 	var stderr bytes.Buffer
 	if err := l.Kubectl(ctx, nil, io.Discard, &stderr, "apply", "-f", dir); err != nil {
 		return fmt.Errorf("applying %s: %w: %s", dir, err, strings.TrimSpace(stderr.String()))
 	}
 	return nil
+}
+
+func (l *Lab) waitDefaultServiceAccount(ctx context.Context) error {
+	cs, _, err := l.Clients()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	for {
+		_, err := cs.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{})
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the service account default/default: %w (last: %v)%s", ctx.Err(), err, l.Stopped())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // WaitPodsRunning waits until every pod in the cluster is Running and Ready

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubectl-nettrace/nettrace/lab"
@@ -216,6 +217,12 @@ func clientset(t testing.TB) kubernetes.Interface {
 	t.Helper()
 	rc, err := clientcmd.BuildConfigFromFlags("", labKubeconfig(t))
 	if err != nil {
+		t.Fatal(err)
+	}
+	// client-go caches TLS transports by certificate file names; the
+	// kube-proxy tests bring up a new lab with new certificates under the
+	// same names, so the contents must be part of the key.
+	if err := rest.LoadTLSFiles(rc); err != nil {
 		t.Fatal(err)
 	}
 	return kubernetes.NewForConfigOrDie(rc)

@@ -131,6 +131,7 @@ var outputNoise = []struct {
 	{regexp.MustCompile(`(?m)^\[[^\]]+\] .* → ARP .*\n`), ""},
 	{regexp.MustCompile(`\b\d{1,3}(\.\d{1,3}){3}(/\d{1,2})?(:\d+)?\b`), "IP"},
 	{regexp.MustCompile(`\b\d{1,3}(-\d{1,3}){3}\b`), "IP"},
+	{regexp.MustCompile(`\bfe80::[0-9a-f:]+(/\d+)?`), "IP6"},
 	{regexp.MustCompile(`\b(\d+):\d{5}/(TCP|UDP)\b`), "$1:NODEPORT/$2"},
 	{regexp.MustCompile(`\b(KUBE-[A-Z]+)-[A-Z2-7]{16}\b`), "$1-HASH"},
 	{regexp.MustCompile(`\bcali[0-9a-f]{11}\b`), "caliHASH"},

@@ -143,11 +143,22 @@ func createNetns(name string) error {
 			return
 		}
 		defer h.Close()
+		// The lab is IPv4 only: without IPv6, a pod has the addresses the
+		// seed's pods show (whoami prints 127.0.0.1 and the pod IP).
+		for _, key := range []string{"all", "default"} {
+			path := "/proc/sys/net/ipv6/conf/" + key + "/disable_ipv6"
+			if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+				_ = netns.DeleteNamed(name)
+				errc <- fmt.Errorf("disabling IPv6 in %s: %w", name, err)
+				return
+			}
+		}
 		lo, err := netlink.LinkByName("lo")
 		if err == nil {
 			err = netlink.LinkSetUp(lo)
 		}
 		if err != nil {
+			_ = netns.DeleteNamed(name)
 			errc <- fmt.Errorf("setting lo up in %s: %w", name, err)
 			return
 		}
