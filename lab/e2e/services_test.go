@@ -31,7 +31,7 @@ func TestClusterIPByNameAndAddress(t *testing.T) { checkClusterIPByNameAndAddres
 
 func checkClusterIPByNameAndAddress(t *testing.T) {
 	for _, target := range []string{"nginx-test", serviceIP(t, "default", "nginx-test")} {
-		out := labExec(t, "client", "curl", "-s", "-m", "5", target)
+		out := eventually(t, 20*time.Second, "Welcome to nginx!", "client", "curl", "-s", "-m", "5", target)
 		if !strings.Contains(out, "Welcome to nginx!") {
 			t.Errorf("curl %s from the client:\n%s", target, out)
 		}
@@ -43,8 +43,9 @@ func checkClusterIPByNameAndAddress(t *testing.T) {
 func TestClusterIPIsDNATedToThePod(t *testing.T) { checkClusterIPIsDNATedToThePod(t) }
 
 func checkClusterIPIsDNATedToThePod(t *testing.T) {
-	out := labExec(t, "client", "curl", "-s", "-m", "5", serviceIP(t, "default", "clusterip-dnat"))
-	if want := "IP: " + podIP(t, "clusterip-dnat"); !strings.Contains(out, want) {
+	want := "IP: " + podIP(t, "clusterip-dnat")
+	out := eventually(t, 20*time.Second, want, "client", "curl", "-s", "-m", "5", serviceIP(t, "default", "clusterip-dnat"))
+	if !strings.Contains(out, want) {
 		t.Fatalf("whoami through the ClusterIP does not show %q:\n%s", want, out)
 	}
 	if want := "RemoteAddr: " + podIP(t, "client") + ":"; !strings.Contains(out, want) {
@@ -59,7 +60,9 @@ func TestNodePortFromOutsideOnEveryNode(t *testing.T) { checkNodePortFromOutside
 func checkNodePortFromOutsideOnEveryNode(t *testing.T) {
 	remote := regexp.MustCompile(`RemoteAddr: ([0-9.]+):`)
 	for node, ip := range map[string]string{"k8s-m": "192.168.10.10", "k8s-w1": "192.168.10.101", "k8s-w2": "192.168.10.102"} {
-		out := labExec(t, "external", "curl", "-s", "-m", "5", ip+":31010")
+		// The service proxy programs new services within a second or two
+		// of their creation: give it that.
+		out := eventually(t, 20*time.Second, "Hostname: nodeport-dnat", "external", "curl", "-s", "-m", "5", ip+":31010")
 		if !strings.Contains(out, "Hostname: nodeport-dnat") {
 			t.Errorf("curl %s:31010 from outside:\n%s", ip, out)
 			continue
@@ -143,6 +146,22 @@ spec:
 	}
 }
 
+// eventually runs a command in target until its output holds want, for up
+// to timeout, and returns the last output.
+func eventually(t *testing.T, timeout time.Duration, want, target string, argv ...string) string {
+	t.Helper()
+	var out string
+	deadline := time.Now().Add(timeout)
+	for {
+		b, _ := exec.Command(bin("nettrace-lab"), append([]string{"exec", target, "--"}, argv...)...).CombinedOutput()
+		out = string(b)
+		if strings.Contains(out, want) || time.Now().After(deadline) {
+			return out
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
 // kubectlApply applies a manifest given as text.
 func kubectlApply(t *testing.T, manifest string) {
 	t.Helper()
@@ -205,7 +224,7 @@ func checkLoadBalancerFromOutside(t *testing.T) {
 	if !strings.HasPrefix(lbIP, "192.168.10.20") {
 		t.Errorf("nginx-lb got %s, outside the lab's pool 192.168.10.200/29", lbIP)
 	}
-	out := labExec(t, "external", "curl", "-s", "-m", "5", lbIP)
+	out := eventually(t, 20*time.Second, "Welcome to nginx!", "external", "curl", "-s", "-m", "5", lbIP)
 	if !strings.Contains(out, "Welcome to nginx!") {
 		t.Fatalf("curl %s from outside:\n%s", lbIP, out)
 	}
