@@ -3,10 +3,13 @@
 package e2e
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/kubectl-nettrace/nettrace/trace"
 )
 
 // TestKubeProxyModes brings the lab up again with the real kube-proxy, in
@@ -17,9 +20,9 @@ func TestKubeProxyModes(t *testing.T) {
 	if os.Getenv("NETTRACE_E2E_REUSE") == "1" {
 		t.Skip("NETTRACE_E2E_REUSE keeps the running lab: the kube-proxy modes need their own")
 	}
-	for _, mode := range []struct{ proxy, chainsIn string }{
-		{"kube-proxy-iptables", "iptables-nft-save"},
-		{"kube-proxy-nftables", "nft list table ip kube-proxy"},
+	for _, mode := range []struct{ proxy, chainsIn, table, svcChain, sepChain string }{
+		{"kube-proxy-iptables", "iptables-nft-save", "nat", "KUBE-SVC-", "KUBE-SEP-"},
+		{"kube-proxy-nftables", "nft list table ip kube-proxy", "kube-proxy", "service-", "endpoint-"},
 	} {
 		t.Run(mode.proxy, func(t *testing.T) {
 			run(t, bin("nettrace-lab"), "down")
@@ -35,6 +38,34 @@ func TestKubeProxyModes(t *testing.T) {
 			t.Run("DNAT", checkClusterIPIsDNATedToThePod)
 			t.Run("NodePort", checkNodePortFromOutsideOnEveryNode)
 			t.Run("LoadBalancer", checkLoadBalancerFromOutside)
+			t.Run("trace names kube-proxy's chains", func(t *testing.T) {
+				checkTraceThroughKubeProxy(t, mode.table, mode.svcChain, mode.sepChain)
+			})
 		})
+	}
+}
+
+// checkTraceThroughKubeProxy traces client → svc/nginx-test with the
+// plugin's binary and checks that the hops name the real kube-proxy's
+// service and endpoint chains, the DNAT, and that the reply came back.
+func checkTraceThroughKubeProxy(t *testing.T, table, svcChain, sepChain string) {
+	out := run(t, bin("kubectl-nettrace"), "--kubeconfig", labKubeconfig(t), "client", "svc/nginx-test", "-o", "json")
+	var path trace.Path
+	if err := json.Unmarshal([]byte(out), &path); err != nil {
+		t.Fatalf("the trace's JSON: %v\n%s", err, out)
+	}
+	if path.Verdict.Result != trace.Replied {
+		t.Errorf("verdict %s (%s), want replied", path.Verdict.Result, path.Verdict.Reason)
+	}
+	var svc, sep, dnat bool
+	for _, h := range path.Hops {
+		if h.Rule != nil && h.Rule.Table == table {
+			svc = svc || strings.HasPrefix(h.Rule.Chain, svcChain)
+			sep = sep || strings.HasPrefix(h.Rule.Chain, sepChain)
+		}
+		dnat = dnat || (h.NAT != nil && h.NAT.Type == "DNAT")
+	}
+	if !svc || !sep || !dnat {
+		t.Errorf("the trace lacks kube-proxy's %s %s… (%t) or %s… (%t) chains, or the DNAT (%t):\n%s", table, svcChain, svc, sepChain, sep, dnat, out)
 	}
 }
