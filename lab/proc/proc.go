@@ -36,8 +36,8 @@ type Spec struct {
 	Detach bool
 }
 
-// LabEnv marks every process the lab starts, so that leftovers can be found
-// by their environment even without pid files.
+// LabEnv marks every detached process (the lab's), so that leftovers can be
+// found by their environment even without pid files.
 const LabEnv = "NETTRACE_LAB=1"
 
 // Start starts s and records its pid in runDir. It returns the process's pid.
@@ -55,7 +55,12 @@ func Start(runDir string, s Spec) (int, error) {
 	}
 	defer log.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(append(os.Environ(), LabEnv), s.Env...)
+	cmd.Env = append(os.Environ(), s.Env...)
+	if s.Detach {
+		// Only the lab's own processes carry the marker, so that `down`
+		// never kills the throwaway control planes of tests.
+		cmd.Env = append(cmd.Env, LabEnv)
+	}
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: s.Detach}
 	if !s.Detach {
