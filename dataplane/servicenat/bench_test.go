@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"strconv"
 	"testing"
 )
 
@@ -47,19 +48,23 @@ func BenchmarkSync(b *testing.B) {
 			}
 		})
 		b.Run(fmt.Sprintf("%s/partial/services=%d", backend, n), func(b *testing.B) {
+			// As from the informers: objects with resource versions, so
+			// that the unchanged services' rules are reused.
+			snap := withVersions(manyServices(n, benchEndpoints), "1")
 			p := newSyncer(b, newNetNS(b), backend)
 			if err := p.sync(context.Background(), snap); err != nil {
 				b.Fatal(err)
 			}
 			// Move the first endpoint of the first service back and forth.
-			addrs := snap.EndpointSlices[0].Endpoints[0].Addresses
+			slice := snap.EndpointSlices[0]
+			addrs := slice.Endpoints[0].Addresses
 			original := addrs[0]
-			defer func() { addrs[0] = original }()
-			moved := false
+			version := 1
 			for b.Loop() {
-				moved = !moved
+				version++
+				slice.ResourceVersion = strconv.Itoa(version)
 				addrs[0] = original
-				if moved {
+				if version%2 == 0 {
 					addrs[0] = "172.16.255.250"
 				}
 				if err := p.sync(context.Background(), snap); err != nil {

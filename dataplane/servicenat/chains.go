@@ -36,8 +36,16 @@ const (
 // the base32 form of sha256(servicePortName + protocol). iptables limits
 // chain names to 28 characters.
 func portProtoHash(servicePortName, protocol string) string {
-	sum := sha256.Sum256([]byte(servicePortName + protocol))
-	return base32.StdEncoding.EncodeToString(sum[:])[:16]
+	return chainHash(servicePortName + protocol)
+}
+
+// chainHash returns the first 16 characters of base32(sha256(s)), which
+// are those of the first 10 bytes of the hash.
+func chainHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	var encoded [16]byte
+	base32.StdEncoding.Encode(encoded[:], sum[:10])
+	return string(encoded[:])
 }
 
 // ServiceChain returns the KUBE-SVC- chain of a service port: the chain that
@@ -70,8 +78,7 @@ func FirewallChain(servicePortName, protocol string) string {
 // EndpointChain returns the KUBE-SEP- chain of one endpoint ("ip:port") of a
 // service port: the chain holding its DNAT.
 func EndpointChain(servicePortName, protocol, endpoint string) string {
-	sum := sha256.Sum256([]byte(servicePortName + protocol + endpoint))
-	return prefixEndpoint + base32.StdEncoding.EncodeToString(sum[:])[:16]
+	return prefixEndpoint + chainHash(servicePortName+protocol+endpoint)
 }
 
 // isServiceChain tells whether a nat chain is one of the per-service or

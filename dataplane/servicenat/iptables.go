@@ -21,7 +21,10 @@ var DetectBackend = iptables.DetectBackend
 var ctNew = []string{"-m", "conntrack", "--ctstate", "NEW"}
 
 // serviceJumps are kube-proxy's jumps from the built-in chains, in the order
-// it ensures them; each is inserted at the top of its chain.
+// it ensures them; each is inserted at the top of its chain. The last two
+// send input and output through kubelet's KUBE-FIREWALL, which holds the
+// anti-martian rule of localhost NodePorts: kube-proxy ensures them, and the
+// chain, whether or not it writes that rule.
 var serviceJumps = []iptables.Jump{
 	{Table: "filter", From: "INPUT", To: chainExternalServices, Match: ctNew, Comment: "kubernetes externally-visible service portals"},
 	{Table: "filter", From: "FORWARD", To: chainExternalServices, Match: ctNew, Comment: "kubernetes externally-visible service portals"},
@@ -35,11 +38,6 @@ var serviceJumps = []iptables.Jump{
 	{Table: "nat", From: "OUTPUT", To: chainServices, Comment: "kubernetes service portals"},
 	{Table: "nat", From: "PREROUTING", To: chainServices, Comment: "kubernetes service portals"},
 	{Table: "nat", From: "POSTROUTING", To: chainPostrouting, Comment: "kubernetes postrouting rules"},
-}
-
-// kubeletFirewallJumps send input and output through KUBE-FIREWALL, which
-// holds the anti-martian rule of localhost NodePorts.
-var kubeletFirewallJumps = []iptables.Jump{
 	{Table: "filter", From: "INPUT", To: chainKubeletFirewall},
 	{Table: "filter", From: "OUTPUT", To: chainKubeletFirewall},
 }

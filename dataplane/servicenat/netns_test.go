@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -31,6 +30,12 @@ var backends = []Backend{BackendLegacy, BackendNFT}
 // when the test ends (its iptables rules, links and sockets go with it).
 func newNetNS(t testing.TB) ns.NetNS {
 	t.Helper()
+	return makeNetNS(t, t.Cleanup)
+}
+
+// makeNetNS is newNetNS, with the namespace's removal handed to cleanup.
+func makeNetNS(t testing.TB, cleanup func(func())) ns.NetNS {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("this test creates network namespaces and needs root")
 	}
@@ -42,16 +47,17 @@ func newNetNS(t testing.TB) ns.NetNS {
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
 	}
-	t.Cleanup(func() {
+	netns, err := ns.GetNS("/run/netns/" + name)
+	if err != nil {
+		_ = exec.Command("ip", "netns", "del", name).Run()
+		t.Fatal(err)
+	}
+	cleanup(func() {
+		netns.Close()
 		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
 			t.Errorf("ip netns del %s: %v: %s", name, err, out)
 		}
 	})
-	netns, err := ns.GetNS("/run/netns/" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { netns.Close() })
 	return netns
 }
 
@@ -243,8 +249,7 @@ func TestSyncInNetNS(t *testing.T) {
 				t.Error("the full sync left a stale KUBE-SEP chain")
 			}
 			// Everything Build produced is in the kernel.
-			wantChains := Build(all, p.cfg).Programmed().chains
-			for c := range wantChains {
+			for _, c := range serviceChainsOf(Build(all, p.cfg)) {
 				if _, ok := afterFull[c]; !ok {
 					t.Errorf("chain %s missing after the full sync", c)
 				}
@@ -281,7 +286,7 @@ func TestSyncInNetNS(t *testing.T) {
 			after := saveTable(t, node, backend, "nat", true)
 
 			// Exactly the chains of the new rules are there.
-			wantAfter := slices.Sorted(maps.Keys(Build(changed, p.cfg).Programmed().chains))
+			wantAfter := serviceChainsOf(Build(changed, p.cfg))
 			if got := after.serviceChains(); !slices.Equal(got, wantAfter) {
 				t.Errorf("service chains after the partial sync:\n%v\nwant\n%v", got, wantAfter)
 			}
@@ -363,6 +368,16 @@ func checkForeignAndJumps(t *testing.T, netns ns.NetNS, backend Backend) {
 	}
 }
 
+// serviceChainsOf returns the service chains of r, sorted.
+func serviceChainsOf(r *Ruleset) []string {
+	var chains []string
+	for _, s := range r.services {
+		chains = append(chains, s.chains...)
+	}
+	slices.Sort(chains)
+	return chains
+}
+
 // tablesEqual compares two tables chain by chain.
 func tablesEqual(a, b table) bool {
 	if len(a) != len(b) {
@@ -442,4 +457,24 @@ func TestRestoreErrorShowsInput(t *testing.T) {
 			t.Errorf("%s: the error does not show the failing line: %v", backend, err)
 		}
 	}
+}
+
+// TestEnsureCounter creates kube-proxy's nfacct counters twice in a
+// namespace and uses them in a rule.
+func TestEnsureCounter(t *testing.T) {
+	node := newNetNS(t)
+	for range 2 {
+		for _, name := range []string{CounterInvalidDropped, CounterLocalhostNodePorts} {
+			if err := ensureCounter(node, name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, backend := range backends {
+		restoreIn(t, node, backend, "*filter\n:KUBE-FORWARD - [0:0]\n-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name "+CounterInvalidDropped+" -j DROP\nCOMMIT\n")
+		if n := saveTable(t, node, backend, "filter", false).count("KUBE-FORWARD", CounterInvalidDropped); n != 1 {
+			t.Errorf("%s: %d rules count into %s, want 1", backend, n, CounterInvalidDropped)
+		}
+	}
+	checkHostUntouched(t)
 }

@@ -7,9 +7,13 @@ import (
 	"hash/maphash"
 	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
 
@@ -40,7 +44,8 @@ type Config struct {
 	MasqueradeAll bool
 	// LocalhostNodePorts makes NodePorts answer on 127.0.0.0/8 (kube-proxy's
 	// default, which needs net.ipv4.conf.all.route_localnet=1) and adds
-	// kubelet's anti-martian rule to KUBE-FIREWALL.
+	// kubelet's anti-martian rule to KUBE-FIREWALL. As in kube-proxy, it is
+	// ignored when NodePortsOnNodeIPs leaves out every loopback address.
 	LocalhostNodePorts bool
 	// NodePortsOnNodeIPs limits NodePorts to NodeIPs instead of every local
 	// address (kube-proxy's --nodeport-addresses=primary).
@@ -48,26 +53,60 @@ type Config struct {
 	// ConntrackTCPLiberal tells that net.netfilter.nf_conntrack_tcp_be_liberal
 	// is set, in which case INVALID packets are not dropped in KUBE-FORWARD.
 	ConntrackTCPLiberal bool
+	// CountInvalidDrops and CountLocalhostNodePorts tell that the nfacct
+	// counters CounterInvalidDropped and CounterLocalhostNodePorts exist.
+	// As in kube-proxy, the INVALID drop then counts into the first, and
+	// with localhost NodePorts each NodePort gets a first rule for
+	// 127.0.0.0/8 that counts into the second.
+	CountInvalidDrops       bool
+	CountLocalhostNodePorts bool
+}
+
+// localhostNodePorts tells whether NodePorts answer on 127.0.0.0/8: when
+// asked for and the NodePort addresses include a loopback one.
+func (c *Config) localhostNodePorts() bool {
+	if !c.LocalhostNodePorts {
+		return false
+	}
+	return !c.NodePortsOnNodeIPs || slices.ContainsFunc(c.NodeIPs, func(ip netip.Addr) bool { return ip.Is4() && ip.IsLoopback() })
 }
 
 // Ruleset is the complete set of rules for one Snapshot, split the way a
-// partial sync needs it: the top-level chains, always rewritten, and each
-// Service's own KUBE-SVC/SVL/EXT/FW/SEP chains, rewritten only when they
-// change.
+// partial sync needs it: the top-level chains, rewritten when their rules
+// change, and each Service's own KUBE-SVC/SVL/EXT/FW/SEP chains, rewritten
+// only when they change.
 type Ruleset struct {
-	filter      []byte // the whole *filter section
-	natTop      []byte // rules of the top-level nat chains
-	fingerprint uint64 // of filter and natTop
-	services    []serviceRules
-	notes       []string
+	cfg          Config // what the rules are for, as Rebuild must check
+	largeCluster bool
+	filter       []byte // the whole *filter section
+	natTop       []byte // rules of the top-level nat chains
+	filterHash   uint64
+	natTopHash   uint64
+	services     []*serviceRules // those with ports, by namespace and name
+	byName       map[types.NamespacedName]*serviceRules
+	notes        []string
 }
 
-// serviceRules are the nat chains one Service owns and their rules.
+// serviceRules is what one Service adds to the rules: its own nat chains
+// and their rules, its rules in the shared chains and its notes. Rebuild
+// reuses it while the Service and its EndpointSlices are unchanged; it is
+// never modified once built.
 type serviceRules struct {
-	name   types.NamespacedName
-	chains []string
-	rules  []byte
-	hash   uint64
+	name types.NamespacedName
+	// inputs are the resource versions of the Service and its
+	// EndpointSlices, empty when one is unknown (never reused then).
+	inputs    string
+	endpoints int // counted for kube-proxy's large-cluster threshold
+	hasPorts  bool
+
+	chains []string // own chains, in order
+	rules  []byte   // their rules
+	hash   uint64   // of chains and rules
+
+	// Rules in the shared chains: filter, nat KUBE-SERVICES, nat
+	// KUBE-NODEPORTS.
+	filterRules, servicesRules, nodePortRules []byte
+	notes                                     []string
 }
 
 // hashSeed fingerprints rules within this process; fingerprints are never
@@ -81,75 +120,205 @@ func (r *Ruleset) Notes() []string { return r.notes }
 
 // Build computes the rules kube-proxy's iptables mode would program on the
 // node described by cfg for the API state snap. It is a pure function.
-func Build(snap Snapshot, cfg Config) *Ruleset {
-	m := snap.digest(cfg.NodeName)
+func Build(snap Snapshot, cfg Config) *Ruleset { return Rebuild(nil, snap, cfg) }
+
+// Rebuild is Build, reusing from prev (nil: nothing) the rules of every
+// Service whose object and EndpointSlices have the resource versions they
+// had when prev was built for the same Config. Its result is Build's; only
+// the work is less when few Services changed, as in a partial sync.
+func Rebuild(prev *Ruleset, snap Snapshot, cfg Config) *Ruleset {
+	if prev != nil && !prev.cfg.equal(cfg) {
+		prev = nil
+	}
+	slicesOf, orphans := groupSlices(snap.EndpointSlices)
+	// Digest the Services that changed, reuse the others.
+	units := make(map[types.NamespacedName]*serviceRules, len(snap.Services))
+	digests := make(map[types.NamespacedName]*model)
+	total := 0
+	for _, svc := range snap.Services {
+		nn := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+		if old := units[nn]; old != nil {
+			total -= old.endpoints // a duplicate: the last one counts
+		}
+		inputs := inputsOf(svc, slicesOf[nn])
+		if old := prev.reusable(nn, inputs); old != nil {
+			units[nn] = old
+			delete(digests, nn)
+			total += old.endpoints
+			continue
+		}
+		m := Snapshot{Services: []*v1.Service{svc}, EndpointSlices: slicesOf[nn]}.digest(cfg.NodeName)
+		u := &serviceRules{name: nn, inputs: inputs, notes: m.notes}
+		for _, sp := range m.services[nn] {
+			u.hasPorts = true
+			u.endpoints += len(m.endpoints[sp.key])
+		}
+		units[nn], digests[nn] = u, m
+		total += u.endpoints
+	}
+	largeCluster := total > largeClusterEndpoints
+	if prev != nil && largeCluster != prev.largeCluster {
+		// Every endpoint rule changes: nothing can be reused.
+		return Rebuild(nil, snap, cfg)
+	}
+
+	b := newBuilder(cfg, largeCluster)
+	names := slices.SortedFunc(maps.Keys(units), func(a, b types.NamespacedName) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	r := &Ruleset{cfg: cfg.clone(), largeCluster: largeCluster, byName: units}
+	var notes []string
+	if len(orphans) > 0 {
+		// Only their notes: they belong to no proxied Service.
+		notes = append(notes, Snapshot{EndpointSlices: orphans}.digest(cfg.NodeName).notes...)
+	}
+	var filterRules, servicesRules, nodePortRules bytes.Buffer
+	for _, nn := range names {
+		u := units[nn]
+		if m := digests[nn]; m != nil {
+			b.writeService(u, m)
+		}
+		notes = append(notes, u.notes...)
+		if !u.hasPorts {
+			continue
+		}
+		r.services = append(r.services, u)
+		filterRules.Write(u.filterRules)
+		servicesRules.Write(u.servicesRules)
+		nodePortRules.Write(u.nodePortRules)
+	}
+	r.filter = b.filterSection(filterRules.Bytes())
+	r.natTop = b.natTopRules(servicesRules.Bytes(), nodePortRules.Bytes())
+	r.filterHash, r.natTopHash = hashBytes(r.filter), hashBytes(r.natTop)
+	slices.Sort(notes)
+	r.notes = slices.Compact(notes)
+	return r
+}
+
+// reusable returns prev's rules of the Service nn if they were built from
+// the same inputs, else nil.
+func (prev *Ruleset) reusable(nn types.NamespacedName, inputs string) *serviceRules {
+	if prev == nil || inputs == "" {
+		return nil
+	}
+	if old := prev.byName[nn]; old != nil && old.inputs == inputs {
+		return old
+	}
+	return nil
+}
+
+// groupSlices sorts EndpointSlices by the Service their label names; those
+// without the label are orphans.
+func groupSlices(endpointSlices []*discovery.EndpointSlice) (map[types.NamespacedName][]*discovery.EndpointSlice, []*discovery.EndpointSlice) {
+	byService := make(map[types.NamespacedName][]*discovery.EndpointSlice, len(endpointSlices))
+	var orphans []*discovery.EndpointSlice
+	for _, slice := range endpointSlices {
+		name := slice.Labels[discovery.LabelServiceName]
+		if name == "" {
+			orphans = append(orphans, slice)
+			continue
+		}
+		nn := types.NamespacedName{Namespace: slice.Namespace, Name: name}
+		byService[nn] = append(byService[nn], slice)
+	}
+	return byService, orphans
+}
+
+// inputsOf identifies the API objects a Service's rules are built from by
+// their resource versions, "" when one has none (objects not from the API).
+func inputsOf(svc *v1.Service, endpointSlices []*discovery.EndpointSlice) string {
+	if svc.ResourceVersion == "" {
+		return ""
+	}
+	ids := make([]string, 0, 1+len(endpointSlices))
+	ids = append(ids, string(svc.UID)+"@"+svc.ResourceVersion)
+	for _, slice := range endpointSlices {
+		if slice.ResourceVersion == "" {
+			return ""
+		}
+		ids = append(ids, slice.Name+"@"+slice.ResourceVersion)
+	}
+	slices.Sort(ids[1:])
+	return strings.Join(ids, " ")
+}
+
+// equal tells whether two Configs give the same rules.
+func (c *Config) equal(o Config) bool { return reflect.DeepEqual(*c, o) }
+
+// clone returns a copy of c that shares nothing with it.
+func (c *Config) clone() Config {
+	d := *c
+	d.NodeIPs = slices.Clone(c.NodeIPs)
+	return d
+}
+
+func hashBytes(data ...[]byte) uint64 {
+	var h maphash.Hash
+	h.SetSeed(hashSeed)
+	for _, d := range data {
+		h.Write(d)
+	}
+	return h.Sum64()
+}
+
+// builder writes the rules of one Service after another.
+type builder struct {
+	cfg                Config
+	mark               string
+	clusterCIDR        string // empty: local traffic cannot be told apart
+	largeCluster       bool
+	localhostNodePorts bool
+
+	// The current Service's rules: in its own chains, then in the shared
+	// chains.
+	own           bytes.Buffer
+	filterRules   bytes.Buffer // filter rules
+	servicesRules bytes.Buffer // nat KUBE-SERVICES rules
+	nodePortRules bytes.Buffer // nat KUBE-NODEPORTS rules
+	notes         []string
+	args          []string // scratch
+}
+
+func newBuilder(cfg Config, largeCluster bool) *builder {
 	mark := cfg.MasqueradeMark
 	if mark == 0 {
 		mark = DefaultMasqueradeMark
 	}
 	b := &builder{
-		cfg:   cfg,
-		mark:  fmt.Sprintf("%#08x", mark),
-		notes: m.notes,
+		cfg:                cfg,
+		mark:               fmt.Sprintf("%#08x", mark),
+		largeCluster:       largeCluster,
+		localhostNodePorts: cfg.localhostNodePorts(),
 	}
 	if cfg.ClusterCIDR.IsValid() {
 		b.clusterCIDR = cfg.ClusterCIDR.Masked().String()
 	}
-	total := 0
-	for _, ports := range m.services {
-		for _, sp := range ports {
-			total += len(m.endpoints[sp.key])
-		}
-	}
-	b.largeCluster = total > largeClusterEndpoints
-
-	names := slices.SortedFunc(maps.Keys(m.services), func(a, b types.NamespacedName) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
-	r := &Ruleset{services: make([]serviceRules, 0, len(names))}
-	var own bytes.Buffer
-	for _, nn := range names {
-		sr := serviceRules{name: nn}
-		own.Reset()
-		for _, sp := range m.services[nn] {
-			sr.chains = b.writeServicePort(&own, sr.chains, sp, m.endpoints[sp.key])
-		}
-		sr.rules = bytes.Clone(own.Bytes())
-		var h maphash.Hash
-		h.SetSeed(hashSeed)
-		for _, c := range sr.chains {
-			h.WriteString(c)
-			h.WriteByte('\n')
-		}
-		h.Write(sr.rules)
-		sr.hash = h.Sum64()
-		r.services = append(r.services, sr)
-	}
-	r.filter = b.filterSection()
-	r.natTop = b.natTopRules()
-	var h maphash.Hash
-	h.SetSeed(hashSeed)
-	h.Write(r.filter)
-	h.Write(r.natTop)
-	r.fingerprint = h.Sum64()
-	slices.Sort(b.notes)
-	r.notes = slices.Compact(b.notes)
-	return r
+	return b
 }
 
-// builder accumulates the rules of the shared chains while it writes each
-// service's own chains.
-type builder struct {
-	cfg          Config
-	mark         string
-	clusterCIDR  string // empty: local traffic cannot be told apart
-	largeCluster bool
-
-	filterRules   bytes.Buffer // filter rules of all services
-	servicesRules bytes.Buffer // nat KUBE-SERVICES rules
-	nodePortRules bytes.Buffer // nat KUBE-NODEPORTS rules
-	notes         []string
-	args          []string // scratch
+// writeService fills u with the rules of the Service digested in m.
+func (b *builder) writeService(u *serviceRules, m *model) {
+	b.own.Reset()
+	b.filterRules.Reset()
+	b.servicesRules.Reset()
+	b.nodePortRules.Reset()
+	b.notes = b.notes[:0]
+	for _, sp := range m.services[u.name] {
+		u.chains = b.writeServicePort(&b.own, u.chains, sp, m.endpoints[sp.key])
+	}
+	u.rules = bytes.Clone(b.own.Bytes())
+	var h maphash.Hash
+	h.SetSeed(hashSeed)
+	for _, c := range u.chains {
+		h.WriteString(c)
+		h.WriteByte('\n')
+	}
+	h.Write(u.rules)
+	u.hash = h.Sum64()
+	u.filterRules = bytes.Clone(b.filterRules.Bytes())
+	u.servicesRules = bytes.Clone(b.servicesRules.Bytes())
+	u.nodePortRules = bytes.Clone(b.nodePortRules.Bytes())
+	u.notes = append(u.notes, b.notes...)
 }
 
 // writeLine writes one iptables-restore line: the words separated by spaces.
@@ -172,8 +341,24 @@ func chainLine(buf *bytes.Buffer, chain string) {
 // quote wraps a comment that has spaces, as kube-proxy writes it.
 func quote(s string) string { return `"` + s + `"` }
 
+// probabilities holds 1/n formatted as kube-proxy does, for the usual n.
+var probabilities = func() []string {
+	p := make([]string, 1001)
+	for n := 1; n < len(p); n++ {
+		p[n] = formatProbability(n)
+	}
+	return p
+}()
+
 // probability formats 1/n as kube-proxy does.
-func probability(n int) string { return strconv.FormatFloat(1/float64(n), 'f', 10, 64) }
+func probability(n int) string {
+	if n < len(probabilities) {
+		return probabilities[n]
+	}
+	return formatProbability(n)
+}
+
+func formatProbability(n int) string { return strconv.FormatFloat(1/float64(n), 'f', 10, 64) }
 
 // writeServicePort writes the rules of one service port: its captures in
 // the shared chains and its own chains into own, whose names it appends to
@@ -260,6 +445,11 @@ func (b *builder) writeServicePort(own *bytes.Buffer, chains []string, sp *servi
 	if sp.nodePort != 0 {
 		nodePort := strconv.Itoa(sp.nodePort)
 		if hasEndpoints {
+			if b.localhostNodePorts && b.cfg.CountLocalhostNodePorts {
+				writeLine(&b.nodePortRules, "-A", chainNodePorts, "-m", "comment", "--comment", sp.name,
+					"-m", proto, "-p", proto, "-d", "127.0.0.0/8", "--dport", nodePort,
+					"-m", "nfacct", "--nfacct-name", CounterLocalhostNodePorts, "-j", sp.externalChain)
+			}
 			writeLine(&b.nodePortRules, "-A", chainNodePorts, "-m", "comment", "--comment", sp.name,
 				"-m", proto, "-p", proto, "--dport", nodePort, "-j", sp.externalChain)
 		}
@@ -411,25 +601,30 @@ func (b *builder) note(format string, args ...any) {
 
 // filterSection returns the whole *filter section: KUBE-SERVICES,
 // KUBE-EXTERNAL-SERVICES, KUBE-FORWARD, KUBE-NODEPORTS and
-// KUBE-PROXY-FIREWALL, and KUBE-FIREWALL with localhost NodePorts.
-func (b *builder) filterSection() []byte {
+// KUBE-PROXY-FIREWALL, and KUBE-FIREWALL with localhost NodePorts, with the
+// services' filterRules.
+func (b *builder) filterSection(filterRules []byte) []byte {
 	var buf bytes.Buffer
-	buf.Grow(b.filterRules.Len() + 1024)
+	buf.Grow(len(filterRules) + 1024)
 	buf.WriteString("*filter\n")
 	for _, c := range []string{chainServices, chainExternalServices, chainForward, chainNodePorts, chainProxyFirewall} {
 		chainLine(&buf, c)
 	}
-	if b.cfg.LocalhostNodePorts {
+	if b.localhostNodePorts {
 		chainLine(&buf, chainKubeletFirewall)
 		writeLine(&buf, "-A", chainKubeletFirewall, "-m", "comment", "--comment", quote("block incoming localnet connections"),
 			"-d", "127.0.0.0/8", "!", "-s", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
 			"-j", "DROP")
 	}
-	buf.Write(b.filterRules.Bytes())
+	buf.Write(filterRules)
 	if !b.cfg.ConntrackTCPLiberal {
 		// INVALID packets would otherwise reach the pod un-NATed and
 		// draw a RST that kills the connection.
-		writeLine(&buf, "-A", chainForward, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+		args := []string{"-A", chainForward, "-m", "conntrack", "--ctstate", "INVALID"}
+		if b.cfg.CountInvalidDrops {
+			args = append(args, "-m", "nfacct", "--nfacct-name", CounterInvalidDropped)
+		}
+		writeLine(&buf, append(args, "-j", "DROP")...)
 	}
 	writeLine(&buf, "-A", chainForward, "-m", "comment", "--comment", quote("kubernetes forwarding rules"),
 		"-m", "mark", "--mark", b.mark+"/"+b.mark, "-j", "ACCEPT")
@@ -442,10 +637,11 @@ func (b *builder) filterSection() []byte {
 // natTopChains are declared, and so flushed, on every sync.
 var natTopChains = []string{chainServices, chainNodePorts, chainPostrouting, chainMarkMasq}
 
-// natTopRules returns the rules of the nat chains in natTopChains.
-func (b *builder) natTopRules() []byte {
+// natTopRules returns the rules of the nat chains in natTopChains, with the
+// services' KUBE-SERVICES and KUBE-NODEPORTS rules.
+func (b *builder) natTopRules(servicesRules, nodePortRules []byte) []byte {
 	var buf bytes.Buffer
-	buf.Grow(b.servicesRules.Len() + b.nodePortRules.Len() + 1024)
+	buf.Grow(len(servicesRules) + len(nodePortRules) + 1024)
 	writeLine(&buf, "-A", chainPostrouting, "-m", "mark", "!", "--mark", b.mark+"/"+b.mark, "-j", "RETURN")
 	// Clear the mark so that a packet that goes through the stack again
 	// is not masqueraded twice.
@@ -453,58 +649,57 @@ func (b *builder) natTopRules() []byte {
 	writeLine(&buf, "-A", chainPostrouting, "-m", "comment", "--comment", quote("kubernetes service traffic requiring SNAT"),
 		"-j", "MASQUERADE", "--random-fully")
 	writeLine(&buf, "-A", chainMarkMasq, "-j", "MARK", "--or-mark", b.mark)
-	buf.Write(b.servicesRules.Bytes())
+	buf.Write(servicesRules)
 	// The jump to KUBE-NODEPORTS must come after every other capture.
 	nodePortsComment := quote("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
 	if b.cfg.NodePortsOnNodeIPs {
 		for _, ip := range b.cfg.NodeIPs {
-			if ip.Is4() && (!ip.IsLoopback() || b.cfg.LocalhostNodePorts) {
+			if ip.Is4() && (!ip.IsLoopback() || b.localhostNodePorts) {
 				writeLine(&buf, "-A", chainServices, "-m", "comment", "--comment", nodePortsComment,
 					"-d", ip.String(), "-j", chainNodePorts)
 			}
 		}
 	} else {
 		args := []string{"-A", chainServices, "-m", "comment", "--comment", nodePortsComment, "-m", "addrtype", "--dst-type", "LOCAL"}
-		if !b.cfg.LocalhostNodePorts {
+		if !b.localhostNodePorts {
 			args = append(args, "!", "-d", "127.0.0.0/8")
 		}
 		writeLine(&buf, append(args, "-j", chainNodePorts)...)
 	}
-	buf.Write(b.nodePortRules.Bytes())
+	buf.Write(nodePortRules)
 	return buf.Bytes()
 }
 
 // Programmed is what a successful iptables-restore left in the kernel: the
-// fingerprint of each service's chains and the set of service chains. A
-// partial sync compares the next Ruleset with it.
+// fingerprints of the top-level chains and each service's rules, or, read
+// back from iptables-save, just the service chains. A partial sync compares
+// the next Ruleset with it.
 type Programmed struct {
-	complete    bool // false when read back from iptables-save
-	fingerprint uint64
-	services    map[types.NamespacedName]uint64
-	chains      map[string]struct{}
+	complete   bool // false when read back from iptables-save
+	filterHash uint64
+	natTopHash uint64
+	services   map[types.NamespacedName]*serviceRules // when complete
+	chains     map[string]struct{}                    // when read back
 }
 
 // Programmed returns the state the kernel is in once r's Update has been
 // applied.
 func (r *Ruleset) Programmed() *Programmed {
 	p := &Programmed{
-		complete:    true,
-		fingerprint: r.fingerprint,
-		services:    make(map[types.NamespacedName]uint64, len(r.services)),
-		chains:      make(map[string]struct{}),
+		complete:   true,
+		filterHash: r.filterHash,
+		natTopHash: r.natTopHash,
+		services:   make(map[types.NamespacedName]*serviceRules, len(r.services)),
 	}
 	for _, s := range r.services {
-		p.services[s.name] = s.hash
-		for _, c := range s.chains {
-			p.chains[c] = struct{}{}
-		}
+		p.services[s.name] = s
 	}
 	return p
 }
 
 // ReadProgrammed reads the service chains present in the output of
 // "iptables-save -t nat". The result makes the next Update rewrite every
-// service and delete the chains the Ruleset no longer has.
+// chain and delete the service chains the Ruleset no longer has.
 func ReadProgrammed(natSave []byte) *Programmed {
 	p := &Programmed{chains: make(map[string]struct{})}
 	for line := range bytes.Lines(natSave) {
@@ -533,48 +728,50 @@ type Update struct {
 }
 
 // Update returns the restore input that moves the kernel from the state from
-// to r. The top-level chains are always rewritten; a service's own chains
-// only when they differ from what from records (all of them when from is nil
-// or was read back from iptables-save); chains that from has and r lacks are
-// flushed and deleted.
+// to r. Everything is written when from is nil or was read back from
+// iptables-save; otherwise the filter table, the top-level nat chains and
+// each service's own chains only when they differ from what from records.
+// Service chains that from has and r lacks are flushed and deleted.
 func (r *Ruleset) Update(from *Programmed) Update {
 	var u Update
+	known := from != nil && from.complete
 	var changed []*serviceRules
-	current := make(map[string]struct{})
-	for i := range r.services {
-		s := &r.services[i]
-		for _, c := range s.chains {
-			current[c] = struct{}{}
-		}
-		if from != nil && from.complete {
-			if h, ok := from.services[s.name]; ok && h == s.hash {
+	for _, s := range r.services {
+		if known {
+			if old := from.services[s.name]; old != nil && old.hash == s.hash {
 				continue
 			}
 		}
 		changed = append(changed, s)
 	}
-	var stale []string
-	if from != nil {
-		for c := range from.chains {
-			if _, ok := current[c]; !ok {
-				stale = append(stale, c)
-			}
-		}
-		slices.Sort(stale)
-	}
+	stale := r.staleChains(from)
+	writeFilter := !known || from.filterHash != r.filterHash
+	writeNatTop := !known || from.natTopHash != r.natTopHash
 	u.Rewritten, u.Deleted = len(changed), len(stale)
-	u.Noop = from != nil && from.complete && from.fingerprint == r.fingerprint &&
-		len(changed) == 0 && len(stale) == 0 && len(from.services) == len(r.services)
-
-	size := len(r.filter) + len(r.natTop) + 256
-	for _, s := range changed {
-		size += len(s.rules) + 32*len(s.chains)
+	u.Noop = known && !writeFilter && !writeNatTop && len(changed) == 0 && len(stale) == 0
+	if u.Noop {
+		return u
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, size+64*len(stale)))
-	buf.Write(r.filter)
+
+	// The exact size, but for the chain names: the input is copied once.
+	const chainLineSize = len(": - [0:0]\n") + 28
+	size := len(r.filter) + len(r.natTop) + len(natTopChains)*chainLineSize + 16
+	for _, s := range changed {
+		size += len(s.rules) + len(s.chains)*chainLineSize
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size+len(stale)*(chainLineSize+32)))
+	if writeFilter {
+		buf.Write(r.filter)
+	}
+	if !writeNatTop && len(changed) == 0 && len(stale) == 0 {
+		u.Input = buf.Bytes()
+		return u
+	}
 	buf.WriteString("*nat\n")
-	for _, c := range natTopChains {
-		chainLine(buf, c)
+	if writeNatTop {
+		for _, c := range natTopChains {
+			chainLine(buf, c)
+		}
 	}
 	for _, s := range changed {
 		for _, c := range s.chains {
@@ -585,7 +782,9 @@ func (r *Ruleset) Update(from *Programmed) Update {
 	for _, c := range stale {
 		chainLine(buf, c)
 	}
-	buf.Write(r.natTop)
+	if writeNatTop {
+		buf.Write(r.natTop)
+	}
 	for _, s := range changed {
 		buf.Write(s.rules)
 	}
@@ -595,4 +794,41 @@ func (r *Ruleset) Update(from *Programmed) Update {
 	buf.WriteString("COMMIT\n")
 	u.Input = buf.Bytes()
 	return u
+}
+
+// staleChains returns, sorted, the service chains the kernel has in state
+// from and r does not. A chain belongs to one service (its name hashes the
+// service port), so only the services whose rules changed are looked at.
+func (r *Ruleset) staleChains(from *Programmed) []string {
+	if from == nil {
+		return nil
+	}
+	var stale []string
+	if !from.complete {
+		current := make(map[string]struct{})
+		for _, s := range r.services {
+			for _, c := range s.chains {
+				current[c] = struct{}{}
+			}
+		}
+		for c := range from.chains {
+			if _, ok := current[c]; !ok {
+				stale = append(stale, c)
+			}
+		}
+	} else {
+		for name, old := range from.services {
+			now := r.byName[name]
+			if now != nil && now.hash == old.hash {
+				continue
+			}
+			for _, c := range old.chains {
+				if now == nil || !slices.Contains(now.chains, c) {
+					stale = append(stale, c)
+				}
+			}
+		}
+	}
+	slices.Sort(stale)
+	return stale
 }

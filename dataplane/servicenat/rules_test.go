@@ -13,6 +13,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from the generated rules")
@@ -477,7 +478,8 @@ func TestUpdate(t *testing.T) {
 		":"+EndpointChain("default/b:http", "tcp", "172.16.1.3:8080")+" - [0:0]",
 		":"+oldSEP+" - [0:0]", "-X "+oldSEP,
 		"-X "+ServiceChain("default/c:http", "tcp"),
-		// The top-level chains are always rewritten, with a's capture.
+		// The top-level chains changed (c's capture went): rewritten, with
+		// a's capture.
 		":KUBE-SERVICES - [0:0]",
 		`-A KUBE-SERVICES -m comment --comment "default/a:http cluster IP" -m tcp -p tcp -d 10.96.0.1 --dport 80 -j `+ServiceChain("default/a:http", "tcp"),
 	)
@@ -604,4 +606,96 @@ func TestUnnamedPort(t *testing.T) {
 		`-A KUBE-SERVICES -m comment --comment "default/plain cluster IP" -m tcp -p tcp -d 10.96.80.1 --dport 80 -j `+ServiceChain("default/plain", "tcp"),
 		`-A `+EndpointChain("default/plain", "tcp", "172.16.1.80:8080")+` -m comment --comment default/plain -m tcp -p tcp -j DNAT --to-destination 172.16.1.80:8080`,
 	)
+}
+
+// TestLocalhostNodePortRules checks kube-proxy's localhost NodePort rules:
+// the nfacct counters' rules when the counters exist, and no localhost
+// NodePorts when NodePorts are limited to non-loopback node IPs.
+func TestLocalhostNodePortRules(t *testing.T) {
+	cfg := testConfig
+	cfg.LocalhostNodePorts, cfg.CountInvalidDrops, cfg.CountLocalhostNodePorts = true, true, true
+	text := string(Build(goldenSnapshot(), cfg).Update(nil).Input)
+	ext := ExternalChain("shop/cart:http", "tcp")
+	mustHave(t, text,
+		`-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP`,
+		`-A KUBE-NODEPORTS -m comment --comment shop/cart:http -m tcp -p tcp -d 127.0.0.0/8 --dport 30080 -m nfacct --nfacct-name localhost_nps_accepted_pkts -j `+ext,
+		`-A KUBE-NODEPORTS -m comment --comment shop/cart:http -m tcp -p tcp --dport 30080 -j `+ext,
+		`-A KUBE-FIREWALL -m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP`,
+		`-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS`,
+	)
+	if strings.Index(text, "-d 127.0.0.0/8 --dport 30080") > strings.Index(text, "--dport 30080 -j") {
+		t.Error("the localhost NodePort rule does not come first")
+	}
+	checkWellFormed(t, text)
+
+	cfg.NodePortsOnNodeIPs = true
+	text = string(Build(goldenSnapshot(), cfg).Update(nil).Input)
+	mustNotHave(t, text, "localhost_nps_accepted_pkts", "KUBE-FIREWALL", "127.0.0.0/8")
+	mustHave(t, text, `-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -d 192.168.10.101 -j KUBE-NODEPORTS`)
+}
+
+// withVersions gives every object of snap a UID and the resource version
+// version, as objects from the API have.
+func withVersions(snap Snapshot, version string) Snapshot {
+	for _, s := range snap.Services {
+		s.UID, s.ResourceVersion = types.UID("uid-"+s.Name), version
+	}
+	for _, s := range snap.EndpointSlices {
+		s.ResourceVersion = version
+	}
+	return snap
+}
+
+// TestRebuild checks that Rebuild gives Build's rules, reusing the rules of
+// the unchanged services only, and that a partial update then rewrites
+// neither the filter table nor the top-level nat chains when only endpoints
+// changed.
+func TestRebuild(t *testing.T) {
+	same := func(t *testing.T, got, want *Ruleset) {
+		t.Helper()
+		if g, w := got.Update(nil).Input, want.Update(nil).Input; !bytes.Equal(g, w) {
+			t.Errorf("Rebuild differs from Build (-Build +Rebuild):\n%s", lineDiff(string(w), string(g)))
+		}
+		if !slices.Equal(got.Notes(), want.Notes()) {
+			t.Errorf("notes %q, want %q", got.Notes(), want.Notes())
+		}
+	}
+	snap := withVersions(manyServices(150, 5), "1")
+	first := Build(snap, testConfig)
+	svc0, svc1 := types.NamespacedName{Namespace: "bench", Name: "svc-00000"}, types.NamespacedName{Namespace: "bench", Name: "svc-00001"}
+
+	// One service's endpoint moves.
+	snap.EndpointSlices[0].Endpoints[0].Addresses[0] = "172.16.255.250"
+	snap.EndpointSlices[0].ResourceVersion = "2"
+	second := Rebuild(first, snap, testConfig)
+	same(t, second, Build(snap, testConfig))
+	if second.byName[svc1] != first.byName[svc1] {
+		t.Error("an unchanged service's rules were rebuilt")
+	}
+	if second.byName[svc0] == first.byName[svc0] {
+		t.Error("the changed service's rules were reused")
+	}
+	u := second.Update(first.Programmed())
+	if u.Rewritten != 1 || u.Deleted != 1 {
+		t.Errorf("rewritten %d deleted %d, want 1 and 1 (the moved endpoint's chain)", u.Rewritten, u.Deleted)
+	}
+	mustNotHave(t, string(u.Input), "*filter", ":KUBE-SERVICES", "svc-00001")
+
+	// Another Config: nothing is reused.
+	cfg := testConfig
+	cfg.MasqueradeAll = true
+	same(t, Rebuild(second, snap, cfg), Build(snap, cfg))
+
+	// A service deleted and 60 added: past 1000 endpoints, every endpoint
+	// rule loses its comment.
+	bigger := withVersions(manyServices(210, 5), "1")
+	bigger.Services = bigger.Services[1:]
+	third := Rebuild(second, bigger, testConfig)
+	same(t, third, Build(bigger, testConfig))
+	if !third.largeCluster || third.byName[svc1] == second.byName[svc1] {
+		t.Error("crossing the large-cluster threshold reused rules")
+	}
+	if _, ok := third.byName[svc0]; ok {
+		t.Error("the deleted service is still there")
+	}
 }

@@ -5,9 +5,10 @@
 // the legacy or the nft backend, so that the tracer meets the same rules as
 // on a real cluster.
 //
-// Build turns a Snapshot of the API objects into a Ruleset; Ruleset.Update
-// gives the restore input for a full or a partial sync. Proxier runs the
-// informers and the sync loop on a node.
+// Build turns a Snapshot of the API objects into a Ruleset, Rebuild does the
+// same reusing the unchanged services' rules of a previous one, and
+// Ruleset.Update gives the restore input for a full or a partial sync.
+// Proxier runs the informers and the sync loop on a node.
 package servicenat
 
 import (
@@ -91,6 +92,7 @@ type Proxier struct {
 	slices   discoverylisters.EndpointSliceLister
 
 	// Sync state, owned by the sync loop.
+	rules      *Ruleset    // the last built, reused by the next Rebuild
 	programmed *Programmed // nil: the next sync is a full one
 	notes      map[string]bool
 }
@@ -229,10 +231,21 @@ func (p *Proxier) setUp(ctx context.Context) error {
 	if p.cfg.ConntrackTCPLiberal {
 		p.log.Info("nf_conntrack_tcp_be_liberal is set: not dropping INVALID packets")
 	}
-	if p.cfg.LocalhostNodePorts {
+	if p.cfg.localhostNodePorts() {
 		if err := p.writeSysctl("net/ipv4/conf/all/route_localnet", "1"); err != nil {
 			return fmt.Errorf("enabling NodePorts on localhost: %w", err)
 		}
+	}
+	// As kube-proxy: without a counter its rules are written without it.
+	for name, exists := range map[string]*bool{
+		CounterInvalidDropped:     &p.cfg.CountInvalidDrops,
+		CounterLocalhostNodePorts: &p.cfg.CountLocalhostNodePorts,
+	} {
+		if err := ensureCounter(p.netns, name); err != nil {
+			p.log.Info("nfacct counter unavailable: its rules will not count", "counter", name, "err", err)
+			continue
+		}
+		*exists = true
 	}
 	return nil
 }
@@ -334,18 +347,15 @@ func (p *Proxier) snapshot() Snapshot {
 // only the services whose chains changed.
 func (p *Proxier) sync(ctx context.Context, snap Snapshot) error {
 	start := time.Now()
-	rules := Build(snap, p.cfg)
+	rules := Rebuild(p.rules, snap, p.cfg)
+	p.rules = rules
 	p.logNotes(rules.Notes())
 
 	from, full := p.programmed, p.programmed == nil
 	// Until this sync succeeds the kernel state is unknown.
 	p.programmed = nil
 	if full {
-		jumps := serviceJumps
-		if p.cfg.LocalhostNodePorts {
-			jumps = append(jumps[:len(jumps):len(jumps)], kubeletFirewallJumps...)
-		}
-		if err := p.ipt.EnsureJumps(ctx, jumps); err != nil {
+		if err := p.ipt.EnsureJumps(ctx, serviceJumps); err != nil {
 			return err
 		}
 		save, err := p.ipt.Save(ctx, "nat")

@@ -177,6 +177,7 @@ func (m *model) addService(svc *v1.Service) {
 			continue
 		}
 		protocol := strings.ToLower(string(key.protocol))
+		hash := portProtoHash(name, protocol) // of every chain of the port
 		sp := &servicePort{
 			name:                name,
 			protocol:            protocol,
@@ -193,10 +194,10 @@ func (m *model) addService(svc *v1.Service) {
 			externalPolicyLocal: externalPolicyLocal,
 			internalPolicyLocal: svc.Spec.InternalTrafficPolicy != nil &&
 				*svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal,
-			clusterChain:  ServiceChain(name, protocol),
-			localChain:    LocalServiceChain(name, protocol),
-			externalChain: ExternalChain(name, protocol),
-			firewallChain: FirewallChain(name, protocol),
+			clusterChain:  prefixClusterPolicy + hash,
+			localChain:    prefixLocalPolicy + hash,
+			externalChain: prefixExternal + hash,
+			firewallChain: prefixFirewall + hash,
 		}
 		ports = append(ports, sp)
 	}
