@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // ApplyExamples applies the seed's manifests in dir (docs/examples), once
@@ -32,19 +33,26 @@ func (l *Lab) waitDefaultServiceAccount(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	for {
+	return l.poll(ctx, 60*time.Second, "the service account default/default", func(ctx context.Context) (bool, string) {
 		_, err := cs.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{})
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for the service account default/default: %w (last: %v)%s", ctx.Err(), err, l.Stopped())
-		case <-time.After(200 * time.Millisecond):
-		}
+		return err == nil, fmt.Sprint(err)
+	})
+}
+
+// poll calls check every 200 ms until it is done or timeout passes; the
+// error then says what was waited for, what check last said, and which lab
+// processes have stopped.
+func (c *Config) poll(ctx context.Context, timeout time.Duration, what string, check func(context.Context) (done bool, last string)) error {
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		var done bool
+		done, last = check(ctx)
+		return done, nil
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for %s: %w (last: %s)%s", what, err, last, c.Stopped())
 	}
+	return nil
 }
 
 // WaitPodsRunning waits until every pod in the cluster is Running and Ready
@@ -54,41 +62,33 @@ func (c *Config) WaitPodsRunning(ctx context.Context, timeout time.Duration) err
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var pending []string
-	for {
-		pending = pending[:0]
+	return c.poll(ctx, timeout, "every pod Running", func(ctx context.Context) (bool, string) {
 		pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
-		if err == nil {
-			for _, p := range pods.Items {
-				if !podReady(&p) {
-					pending = append(pending, fmt.Sprintf("%s/%s (%s)", p.Namespace, p.Name, podState(&p)))
-				}
-			}
-			deps, err := cs.AppsV1().Deployments("").List(ctx, metav1.ListOptions{})
-			if err == nil {
-				for _, d := range deps.Items {
-					want := int32(1)
-					if d.Spec.Replicas != nil {
-						want = *d.Spec.Replicas
-					}
-					if d.Status.ReadyReplicas != want || d.Status.UpdatedReplicas != want || d.Status.Replicas != want {
-						pending = append(pending, fmt.Sprintf("deployment %s/%s (%d/%d ready)", d.Namespace, d.Name, d.Status.ReadyReplicas, want))
-					}
-				}
-			}
-			if len(pending) == 0 && len(pods.Items) > 0 {
-				return nil
+		if err != nil {
+			return false, err.Error()
+		}
+		deps, err := cs.AppsV1().Deployments("").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		var pending []string
+		for _, p := range pods.Items {
+			if !podReady(&p) {
+				pending = append(pending, fmt.Sprintf("%s/%s (%s)", p.Namespace, p.Name, podState(&p)))
 			}
 		}
-		select {
-		case <-ctx.Done():
-			sort.Strings(pending)
-			return fmt.Errorf("pods not running after %s: %s%s", timeout, strings.Join(pending, ", "), c.Stopped())
-		case <-time.After(250 * time.Millisecond):
+		for _, d := range deps.Items {
+			want := int32(1)
+			if d.Spec.Replicas != nil {
+				want = *d.Spec.Replicas
+			}
+			if d.Status.ReadyReplicas != want || d.Status.UpdatedReplicas != want || d.Status.Replicas != want {
+				pending = append(pending, fmt.Sprintf("deployment %s/%s (%d/%d ready)", d.Namespace, d.Name, d.Status.ReadyReplicas, want))
+			}
 		}
-	}
+		sort.Strings(pending)
+		return len(pending) == 0 && len(pods.Items) > 0, "not running: " + strings.Join(pending, ", ")
+	})
 }
 
 func podReady(p *corev1.Pod) bool {

@@ -279,27 +279,19 @@ func (l *Lab) waitNodesReady(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	for {
+	return l.poll(ctx, 60*time.Second, "every node Ready", func(ctx context.Context) (bool, string) {
 		nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
 		ready := 0
-		if err == nil {
-			for _, n := range nodes.Items {
-				for _, c := range n.Status.Conditions {
-					if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
-						ready++
-					}
+		for _, n := range nodes.Items {
+			for _, c := range n.Status.Conditions {
+				if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+					ready++
 				}
 			}
 		}
-		if ready == len(l.topo.Nodes) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%d of %d nodes Ready: %w%s", ready, len(l.topo.Nodes), ctx.Err(), l.Stopped())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+		return ready == len(l.topo.Nodes), fmt.Sprintf("%d of %d nodes Ready", ready, len(l.topo.Nodes))
+	})
 }
