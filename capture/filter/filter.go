@@ -69,7 +69,10 @@ const (
 type Options struct {
 	// Match selects the traced flow.
 	Match trace.Match
-	// DNS also keeps UDP packets from or to port 53, whole.
+	// DNS also keeps UDP packets from or to port 53, whole. A traced flow
+	// that is itself DNS (UDP with port 53 among its ports or ends) is
+	// kept whole without it: a DNS answer rarely fits in the headers'
+	// snap length, least of all inside a tunnel.
 	DNS bool
 	// Snaplen is the number of bytes kept of a matching packet; zero keeps
 	// packets whole.
@@ -83,6 +86,7 @@ func Build(link layers.LinkType, opts Options) ([]bpf.Instruction, error) {
 	if err := validate(opts.Match); err != nil {
 		return nil, err
 	}
+	opts.DNS = opts.DNS || isDNS(opts.Match)
 	p := program{opts: opts, keep: opts.Snaplen}
 	if p.keep == 0 {
 		p.keep = Whole
@@ -376,6 +380,17 @@ func (p *program) dns(ip uint32) {
 	p.loadAt(ip+2, 2)
 	p.jump(bpf.JumpEqual, dnsPort, acceptWhole, notDNS)
 	p.place(notDNS)
+}
+
+// isDNS reports whether the flow m selects is DNS: UDP from or to port 53.
+func isDNS(m trace.Match) bool {
+	if m.Proto != trace.UDP {
+		return false
+	}
+	if slices.Contains(m.Ports, dnsPort) {
+		return true
+	}
+	return slices.ContainsFunc(m.Ends, func(e netip.AddrPort) bool { return e.Port() == dnsPort })
 }
 
 func addrValue(a netip.Addr) uint32 {

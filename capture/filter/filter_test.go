@@ -200,6 +200,32 @@ func TestFilterDNSKeptWhole(t *testing.T) {
 	}
 }
 
+func TestFilterDNSFlowKeptWhole(t *testing.T) {
+	name := "kubernetes.default.svc.cluster.local."
+	answer := testpackets.UDP(ap(svc, 53), ap(pod, 33333),
+		testpackets.DNSMessage(7, name, true, []netip.Addr{svc, other, nodeA, nodeB}))
+	big := testpackets.UDP(ap(svc, 5353), ap(pod, 33333), make([]byte, 200))
+	syn := testpackets.TCPSyn(ap(pod, 40001), ap(svc, 53))
+	for _, tc := range []struct {
+		name   string
+		match  trace.Match
+		packet []byte
+		want   int
+	}{
+		{"port 53", trace.Match{Proto: trace.UDP, Ports: []uint16{53}}, answer, len(answer)},
+		{"port 53 in ipip", trace.Match{Proto: trace.UDP, Ports: []uint16{53}},
+			testpackets.IPIP(nodeA, nodeB, answer), len(answer) + 20},
+		{"end on port 53", trace.Match{Proto: trace.UDP, Ends: []netip.AddrPort{ap(svc, 53)}}, answer, len(answer)},
+		{"other udp port", trace.Match{Proto: trace.UDP, Ports: []uint16{5353}}, big, 64},
+		{"tcp port 53", trace.Match{Proto: trace.TCP, Ports: []uint16{53}}, syn, min(64, len(syn))},
+	} {
+		opts := Options{Match: tc.match, Snaplen: 64}
+		if got := run(t, layers.LinkTypeRaw, opts, tc.packet); got != tc.want {
+			t.Errorf("%s: kept %d of %d bytes, want %d", tc.name, got, len(tc.packet), tc.want)
+		}
+	}
+}
+
 func TestFilterARP(t *testing.T) {
 	opts := Options{Match: trace.Match{Proto: trace.TCP, Ports: []uint16{40001}}, Snaplen: 128}
 	request := testpackets.ARPRequest(testpackets.MACA, pod, gateway)
