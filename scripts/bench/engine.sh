@@ -22,9 +22,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 runs=${1:-15}
-seconds=${2:-4}
+seconds=${2:-2}
 backend=${BACKEND:-legacy}
-rounds=${ROUNDS:-5}
+rounds=${ROUNDS:-16}
 flood_pps=100000
 flood_size=64
 prefix=nettrace-bench-engine-$$
@@ -79,10 +79,16 @@ pod "$pod_a" 172.16.1.10 calia1b2c3d4e5f
 pod "$pod_b" 172.16.1.11 cali0f1e2d3c4b5
 ip netns exec "$node" "iptables-$backend-restore" <trace/engine/enginetest/node.rules
 
-# Pod B serves the service's port 80 and the iperf3 load on 5201.
+# Pod B serves the service's port 80 and the iperf3 load on 5201. The load's
+# client and server run on CPUs of their own, when there are two.
+if (($(nproc) >= 2)); then
+	client_cpu=(taskset -c 0) server_cpu=(taskset -c 1)
+else
+	client_cpu=() server_cpu=()
+fi
 ip netns exec "$pod_b" iperf3 -s -p 80 >/dev/null 2>&1 &
 pids+=($!)
-ip netns exec "$pod_b" iperf3 -s -p 5201 >/dev/null 2>&1 &
+ip netns exec "$pod_b" "${server_cpu[@]}" iperf3 -s -p 5201 >/dev/null 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
 	[[ $(ip netns exec "$pod_b" ss -Hltn | wc -l) -ge 2 ]] && break
@@ -113,35 +119,93 @@ for i in $(seq "$runs"); do
 done
 baseline_hops=$(hops "$work/a.json")
 
-# (b) untraced throughput, without and with a live trace armed
-tcp_bps() { ip netns exec "$pod_a" iperf3 -c 172.16.1.11 -t "$seconds" -J | jq '.end.sum_received.bits_per_second'; }
-: >"$work/untraced" && : >"$work/traced"
-for _ in $(seq "$rounds"); do
-	tcp_bps >>"$work/untraced"
-	# Started directly, not through knt, so that $! is the tracer, which SIGINT stops.
+# (b) untraced throughput, without and with a live trace armed. Single runs
+# vary by tens of percent on a shared machine whatever the trace does, so the
+# runs come in pairs, one without and one with the trace, in alternating order
+# (ABBA, so that a drift weighs on both); the result is the median of the
+# pairs' ratios and a 90 % bootstrap interval of that median. The same pairs
+# are then run at a fixed rate, half the untraced median, comparing the CPU
+# that iperf3 reports for the sender and the receiver (the kernel's
+# forwarding work is charged to them): the cost the trace adds, less noisy
+# than a throughput.
+# iperf FILTER [iperf3 options]: one run from pod A to pod B, reduced by the jq FILTER.
+iperf() {
+	local filter=$1
+	shift
+	ip netns exec "$pod_a" "${client_cpu[@]}" iperf3 -c 172.16.1.11 -t "$seconds" -J "$@" | jq "$filter"
+}
+bps='.end.sum_received.bits_per_second'
+cpu='.end.cpu_utilization_percent | .host_total + .remote_total'
+
+# arm_live and disarm_live start and stop a live trace of another flow on the node.
+live=
+arm_live() {
+	# Started directly, not through knt, so that $live is the tracer, which SIGINT stops.
 	"$work/kubectl-nettrace" node --netns "/run/netns/$node" --node-name k8s-w1 \
 		--from 172.16.1.10 --to 10.96.0.100:80 --live --timeout 1h >/dev/null 2>"$work/live.err" &
 	live=$!
 	pids+=("$live")
 	for _ in $(seq 200); do
-		grep -q '^waiting up to' "$work/live.err" && break
+		grep -q '^waiting up to' "$work/live.err" && return
 		sleep 0.05
 	done
-	grep -q '^waiting up to' "$work/live.err" || {
-		echo "the live trace did not arm:" >&2
-		cat "$work/live.err" >&2
-		exit 1
-	}
-	tcp_bps >>"$work/traced"
+	echo "the live trace did not arm:" >&2
+	cat "$work/live.err" >&2
+	exit 1
+}
+disarm_live() {
 	kill -INT "$live" 2>/dev/null || true # it ends by itself if it saw a packet to port 80
-	wait "$live" || true # 4: interrupted, after restoring the node
-done
-untraced=$(median <"$work/untraced")
-traced=$(median <"$work/traced")
+	wait "$live" || true                  # 4: interrupted, after restoring the node
+}
+
+# pairs NAME FILTER [iperf3 options]: ROUNDS pairs of runs, into $work/NAME.untraced,
+# $work/NAME.traced and, traced over untraced, $work/NAME.ratio.
+pairs() {
+	local name=$1 i u t
+	shift
+	: >"$work/$name.untraced" && : >"$work/$name.traced" && : >"$work/$name.ratio"
+	for i in $(seq "$rounds"); do
+		if ((i % 4 == 1 || i % 4 == 0)); then
+			u=$(iperf "$@")
+			arm_live && t=$(iperf "$@") && disarm_live
+		else
+			arm_live && t=$(iperf "$@") && disarm_live
+			u=$(iperf "$@")
+		fi
+		echo "$u" >>"$work/$name.untraced" && echo "$t" >>"$work/$name.traced"
+		awk -v u="$u" -v t="$t" 'BEGIN {print t / u}' >>"$work/$name.ratio"
+	done
+}
+
+# interval: the 5th and 95th percentiles of the median of 1000 resamples of the numbers on stdin.
+interval() {
+	awk 'function sort(a, n, i, j, t) {
+			for (i = 2; i <= n; i++) {
+				t = a[i]
+				for (j = i - 1; j > 0 && a[j] > t; j--) a[j + 1] = a[j]
+				a[j + 1] = t
+			}
+		}
+		function median(a, n) { sort(a, n); return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+		{ v[NR] = $1 }
+		END {
+			srand(1)
+			for (b = 1; b <= 1000; b++) {
+				for (i = 1; i <= NR; i++) s[i] = v[int(rand() * NR) + 1]
+				m[b] = median(s, NR)
+			}
+			sort(m, 1000)
+			printf "%.3f-%.3f", m[50], m[950]
+		}'
+}
+
+pairs throughput "$bps"
+fixed_rate=$(median <"$work/throughput.untraced" | awk '{printf "%.0f", $1 / 2}')
+pairs cost "$cpu" -b "$fixed_rate"
 
 # (c) probe traces under a UDP flood
 flood_seconds=$((5 + runs / 2))
-ip netns exec "$pod_a" iperf3 -c 172.16.1.11 -u -l "$flood_size" -b $((flood_pps * flood_size * 8)) \
+ip netns exec "$pod_a" "${client_cpu[@]}" iperf3 -c 172.16.1.11 -u -l "$flood_size" -b $((flood_pps * flood_size * 8)) \
 	-t "$flood_seconds" -J >"$work/flood.json" &
 flood=$!
 pids+=("$flood")
@@ -162,10 +226,12 @@ flood_rate=$(jq '.end.sum.packets / .end.sum.seconds | floor' "$work/flood.json"
 cat <<EOF
 engine benchmark: backend $backend, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)
 (a) time to answer, probe pod -> ClusterIP: median $(median <"$work/times") ms over $runs runs (min $(sort -n "$work/times" | head -1), max $(sort -n "$work/times" | tail -1)); goal < 300 ms
-(b) untraced TCP pod -> pod through the node, ${seconds}s runs, medians of $rounds:
-      without a trace   $(awk -v b="$untraced" 'BEGIN {printf "%.0f", b / 1e6}') Mbit/s  (runs: $(awk '{printf "%.0f ", $1 / 1e6}' "$work/untraced"))
-      live trace armed  $(awk -v b="$traced" 'BEGIN {printf "%.0f", b / 1e6}') Mbit/s  (runs: $(awk '{printf "%.0f ", $1 / 1e6}' "$work/traced"))
-      ratio traced/untraced $(awk -v t="$traced" -v u="$untraced" 'BEGIN {printf "%.3f", t / u}'); goal >= 0.99
+(b) untraced TCP pod -> pod through the node, ${seconds}s runs in $rounds pairs (ABBA), client and server pinned:
+      without a trace   median $(median <"$work/throughput.untraced" | awk '{printf "%.0f", $1 / 1e6}') Mbit/s  (runs: $(awk '{printf "%.0f ", $1 / 1e6}' "$work/throughput.untraced"))
+      live trace armed  median $(median <"$work/throughput.traced" | awk '{printf "%.0f", $1 / 1e6}') Mbit/s  (runs: $(awk '{printf "%.0f ", $1 / 1e6}' "$work/throughput.traced"))
+      throughput traced/untraced: median of the pairs $(median <"$work/throughput.ratio" | awk '{printf "%.3f", $1}'), 90 % interval $(interval <"$work/throughput.ratio"); goal >= 0.99
+      at a fixed $(awk -v r="$fixed_rate" 'BEGIN {printf "%.0f", r / 1e6}') Mbit/s, CPU of sender + receiver: without $(median <"$work/cost.untraced" | awk '{printf "%.1f", $1}') %, armed $(median <"$work/cost.traced" | awk '{printf "%.1f", $1}') %
+      CPU cost traced/untraced: median of the pairs $(median <"$work/cost.ratio" | awk '{printf "%.3f", $1}'), 90 % interval $(interval <"$work/cost.ratio")
 (c) $loaded probe traces under $flood_rate pps of ${flood_size}-byte UDP (asked $flood_pps):
       traces with fewer hops than without load ($baseline_hops): $short
       events lost: $lost_events
