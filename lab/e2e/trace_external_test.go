@@ -99,7 +99,10 @@ func TestTraceFromOutsideThroughANodeWithoutThePod(t *testing.T) {
 		}),
 		"the request unwrapped from IPIP on k8s-w1": on("k8s-w1", tunnel(trace.HopDecap, trace.Request)),
 		"the delivery to nodeport-dnat on k8s-w1":   on("k8s-w1", deliveredTo("nodeport-dnat")),
-		"the reply wrapped in IPIP on k8s-w1":       on("k8s-w1", tunnel(trace.HopEncap, trace.Reply)),
+		// k8s-w1 sees the request only with the source k8s-w2 gave it.
+		"the route lookup of the request on k8s-w1, to the pod's veth": on("k8s-w1", routeOf(trace.Request, "cali")),
+		"the route lookup of the reply on k8s-w1, into the tunnel":     on("k8s-w1", routeOf(trace.Reply, "tunl0")),
+		"the reply wrapped in IPIP on k8s-w1":                          on("k8s-w1", tunnel(trace.HopEncap, trace.Reply)),
 		"the reply leaving k8s-w2 to the outside, un-NATed": on("k8s-w2", func(h trace.Hop) bool {
 			p := h.Packet
 			return h.Direction == trace.Reply && h.Kind == trace.HopInterface && p != nil &&
@@ -109,6 +112,13 @@ func TestTraceFromOutsideThroughANodeWithoutThePod(t *testing.T) {
 		if !hasHop(&p, match) {
 			t.Errorf("the path misses %s", what)
 		}
+	}
+}
+
+// routeOf matches the route lookup of a direction whose device starts with dev.
+func routeOf(dir trace.Direction, dev string) func(trace.Hop) bool {
+	return func(h trace.Hop) bool {
+		return h.Kind == trace.HopRoute && h.Direction == dir && h.Route != nil && strings.HasPrefix(h.Route.Dev, dev)
 	}
 }
 

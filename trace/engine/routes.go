@@ -44,8 +44,12 @@ func directionOf(flow trace.Flow, p *trace.Packet) trace.Direction {
 }
 
 // directions tells the request of a flow from its reply on one node: by
-// the client's port (directionOf), or, once a SNAT that the node's
-// conntrack reported gave the client another end, by that end.
+// the client's port (directionOf), or, once a SNAT gave the client another
+// end, by that end. The SNAT is the node's own, which its conntrack
+// reported, or one made before the node: a node that sees the request only
+// with a source that another node's MASQUERADE gave it (the endpoint's node
+// behind a node port) takes the source of the first packet it saw to one of
+// the flow's servers as the client's end.
 type directions struct {
 	flow trace.Flow
 	// clients are the client's ends after the flow's SNATs.
@@ -53,13 +57,28 @@ type directions struct {
 }
 
 // directionsOf collects the client's ends after the SNATs of flow among
-// the node's hops.
-func directionsOf(flow trace.Flow, hops []trace.Hop) directions {
+// the node's hops; servers are the ends the request may be addressed to
+// (the flow's destination and the target's endpoints).
+func directionsOf(flow trace.Flow, servers []netip.AddrPort, hops []trace.Hop) directions {
 	d := directions{flow: flow}
-	for _, h := range hops {
+	seen := false // a packet of the flow is known by the client's port
+	var first *trace.Hop
+	for i := range hops {
+		h := &hops[i]
 		if h.Kind == trace.HopNAT && h.NAT != nil && h.Netns == "" && h.NAT.Type == "SNAT" && follows(flow, h.NAT) {
 			d.clients = append(d.clients, h.NAT.To)
 		}
+		p := h.Packet
+		if h.Kind != trace.HopInterface || p == nil || p.Outer != nil || p.Proto != flow.Proto {
+			continue
+		}
+		seen = seen || directionOf(flow, p) != ""
+		if slices.Contains(servers, netip.AddrPortFrom(p.Dst, p.DstPort)) && (first == nil || h.Time.Before(first.Time)) {
+			first = h
+		}
+	}
+	if len(d.clients) == 0 && !seen && first != nil && flow.Proto != trace.ICMP {
+		d.clients = append(d.clients, netip.AddrPortFrom(first.Packet.Src, first.Packet.SrcPort))
 	}
 	return d
 }
@@ -81,15 +100,16 @@ func (d directions) of(p *trace.Packet) trace.Direction {
 
 // routeLookups looks up, in the calling thread's network namespace, the
 // route that the first packet of the request and of the reply took on the
-// node (see routedPacket), as FIB lookup hops of the direction. A lookup
+// node (see routedPacket), as FIB lookup hops of the direction; servers
+// are the ends the request may be addressed to (see directionsOf). A lookup
 // that fails is reported as a loss; a direction the node did not see is not
 // looked up.
-func routeLookups(node string, flow trace.Flow, hops []trace.Hop) ([]trace.Hop, []trace.Loss) {
+func routeLookups(node string, flow trace.Flow, servers []netip.AddrPort, hops []trace.Hop) ([]trace.Hop, []trace.Loss) {
 	var (
 		routes []trace.Hop
 		lost   []trace.Loss
 	)
-	d := directionsOf(flow, hops)
+	d := directionsOf(flow, servers, hops)
 	for _, dir := range []trace.Direction{trace.Request, trace.Reply} {
 		q, ok := routedPacket(d, dir, hops)
 		if !ok {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -297,6 +298,19 @@ func (s *Session) openCaptures(ifaces []string, label string, ring int) ([]*node
 	return opened, nil
 }
 
+// servers are the ends the request of flow may be addressed to on this
+// node: its destination, and the ends the session was armed with (the
+// agent arms with the target's endpoints), before any widening.
+func (s *Session) servers(flow trace.Flow) []netip.AddrPort {
+	ends := []netip.AddrPort{netip.AddrPortFrom(flow.Dst, flow.DstPort)}
+	for _, e := range s.cfg.Match.Ends {
+		if !slices.Contains(ends, e) {
+			ends = append(ends, e)
+		}
+	}
+	return ends
+}
+
 // emit collects a hop; the sources call it from their goroutines. A
 // rewrite of the flow that the match does not follow widens it.
 func (s *Session) emit(h trace.Hop) {
@@ -447,7 +461,7 @@ func (s *Session) stop(flow trace.Flow) (*Collected, error) {
 		var routes []trace.Hop
 		err := s.node.Do(func(ns.NetNS) error {
 			var l []trace.Loss
-			routes, l = routeLookups(s.cfg.Node, flow, hops)
+			routes, l = routeLookups(s.cfg.Node, flow, s.servers(flow), hops)
 			lost = append(lost, l...)
 			return nil
 		})
