@@ -10,7 +10,7 @@
 #   (b) throughput of an untraced iperf3 TCP flow from pod A to pod B, through
 #       the node, without and with a live trace armed on the node; each measured
 #       ROUNDS times (5), alternating, and the medians compared (goal >= 0.99);
-#   (c) probe traces while iperf3 sends 64-byte UDP datagrams from pod A to pod B
+#   (c) probe traces while two iperf3 clients send 64-byte UDP datagrams from pod A to pod B
 #       at about 100 kpps: the traced flow's hops against those of (a), and the
 #       events the sources reported lost (goal: none, or reported).
 #
