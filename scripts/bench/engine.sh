@@ -8,8 +8,9 @@
 #   (a) time to answer: the wall time of `node` probing pod A -> 10.96.0.100:80,
 #       from the command's start to its exit, median of RUNS runs (goal < 300 ms);
 #   (b) throughput of an untraced iperf3 TCP flow from pod A to pod B, through
-#       the node, without and with a live trace armed on the node; each measured
-#       ROUNDS times (5), alternating, and the medians compared (goal >= 0.99);
+#       the node, without and with a live trace armed on the node, in ROUNDS
+#       (16) pairs of runs: the median ratio and its 90 % interval (goal >=
+#       0.99); then the CPU the flow costs at a fixed rate, without and with;
 #   (c) probe traces while two iperf3 clients send 64-byte UDP datagrams from pod A to pod B
 #       at about 100 kpps: the traced flow's hops against those of (a), and the
 #       events the sources reported lost (goal: none, or reported).
