@@ -9,7 +9,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -19,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -27,22 +27,41 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := newCommand().ExecuteContext(ctx); err != nil {
 		fmt.Fprintf(os.Stderr, "nettrace-agent: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(args []string) error {
-	fs := flag.NewFlagSet("nettrace-agent", flag.ContinueOnError)
-	node := fs.String("node", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
-	nodeIP := fs.String("node-ip", os.Getenv("NODE_IP"), "address of this node, checked to be in this network namespace (default $NODE_IP)")
-	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file; the in-cluster configuration when empty")
-	ttlGrace := fs.Duration("ttl-grace", agent.DefaultTTLGrace, "how long a NetTrace is kept after its timeout before it is deleted")
-	if err := fs.Parse(args); err != nil {
-		return err
+// options are the agent's flags.
+type options struct {
+	node, nodeIP, kubeconfig string
+	ttlGrace                 time.Duration
+}
+
+func newCommand() *cobra.Command {
+	var o options
+	cmd := &cobra.Command{
+		Use:           "nettrace-agent --node NAME [--node-ip IP]",
+		Short:         "The node agent of kubectl nettrace",
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), o) },
 	}
-	if *node == "" {
+	f := cmd.Flags()
+	f.StringVar(&o.node, "node", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
+	f.StringVar(&o.nodeIP, "node-ip", os.Getenv("NODE_IP"), "address of this node, checked to be in this network namespace (default $NODE_IP)")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; the in-cluster configuration when empty")
+	f.DurationVar(&o.ttlGrace, "ttl-grace", agent.DefaultTTLGrace, "how long a NetTrace is kept after its timeout before it is deleted")
+	return cmd
+}
+
+// run runs the agent until ctx ends.
+func run(ctx context.Context, o options) error {
+	if o.node == "" {
 		return errors.New("--node is required")
 	}
 	// The node's namespace is taken before anything else runs: every
@@ -51,16 +70,16 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if *nodeIP != "" {
-		if err := checkNodeIP(*nodeIP); err != nil {
+	if o.nodeIP != "" {
+		if err := checkNodeIP(o.nodeIP); err != nil {
 			return err
 		}
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	cfg, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
 	if err != nil {
 		return fmt.Errorf("loading the client configuration: %w", err)
 	}
-	cfg.UserAgent = "nettrace-agent/" + *node
+	cfg.UserAgent = "nettrace-agent/" + o.node
 	cfg.QPS, cfg.Burst = cmp.Or(cfg.QPS, 50), cmp.Or(cfg.Burst, 100)
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
@@ -71,21 +90,19 @@ func run(args []string) error {
 		return fmt.Errorf("creating the client: %w", err)
 	}
 	a, err := agent.New(agent.Config{
-		Node:      *node,
+		Node:      o.node,
 		Dynamic:   dyn,
 		Kube:      kube,
 		Dataplane: dataplane,
 		Log:       slog.New(slog.NewTextHandler(os.Stderr, nil)),
-		TTLGrace:  *ttlGrace,
+		TTLGrace:  o.ttlGrace,
 	})
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
 	start := time.Now()
 	err = a.Run(ctx)
-	slog.Info("stopped", "node", *node, "ran", time.Since(start).Round(time.Second))
+	slog.Info("stopped", "node", o.node, "ran", time.Since(start).Round(time.Second))
 	return err
 }
 
