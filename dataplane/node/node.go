@@ -72,7 +72,13 @@ func Run(ctx context.Context, cfg Config, rc *rest.Config) error {
 	if err := writeSysctl("net/ipv4/ip_forward", "1"); err != nil {
 		return err
 	}
-	client, err := kubernetes.NewForConfig(rc)
+	// Built-in objects travel as protobuf, as kube-proxy's do: smaller and
+	// cheaper to decode on large clusters. The IPAM's custom resources have
+	// only JSON, which the dynamic client speaks.
+	typed := rest.CopyConfig(rc)
+	typed.ContentType = "application/vnd.kubernetes.protobuf"
+	typed.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	client, err := kubernetes.NewForConfig(typed)
 	if err != nil {
 		return fmt.Errorf("creating the Kubernetes client: %w", err)
 	}
