@@ -24,6 +24,7 @@ import (
 
 	"github.com/kubectl-nettrace/nettrace/dataplane/ipam"
 	"github.com/kubectl-nettrace/nettrace/internal/apitest"
+	"github.com/kubectl-nettrace/nettrace/internal/testns"
 )
 
 // pluginDir holds the nettrace-cni binary built for this package's tests.
@@ -275,18 +276,11 @@ func runIn(t testing.TB, n ns.NetNS, argv ...string) string {
 	return string(out)
 }
 
-// newNetns makes a named netns with `ip netns add`. (testutils.NewNS would
-// end an OS thread of the test process, and with it every child started
-// from that thread with a parent-death signal, such as the test API server.)
+// newNetns makes a named netns (see package testns).
 func newNetns(t testing.TB) ns.NetNS {
 	t.Helper()
-	name := "ntcni-" + randomHex(6)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	n, err := ns.GetNS("/run/netns/" + name)
+	n, err := testns.Make("ntcni-")
 	if err != nil {
-		_ = exec.Command("ip", "netns", "del", name).Run()
 		t.Fatal(err)
 	}
 	return n
@@ -294,11 +288,8 @@ func newNetns(t testing.TB) ns.NetNS {
 
 // removeNetns removes a netns made by newNetns.
 func removeNetns(t testing.TB, n ns.NetNS) {
-	if err := n.Close(); err != nil {
-		t.Errorf("closing netns %s: %v", n.Path(), err)
-	}
-	if out, err := exec.Command("ip", "netns", "del", filepath.Base(n.Path())).CombinedOutput(); err != nil {
-		t.Errorf("ip netns del %s: %v: %s", filepath.Base(n.Path()), err, out)
+	if err := testns.Remove(n); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -1,11 +1,7 @@
 package servicenat
 
 import (
-	"github.com/kubectl-nettrace/nettrace/dataplane/iptables"
-
 	"context"
-	"crypto/rand"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -20,6 +16,9 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/kubectl-nettrace/nettrace/dataplane/iptables"
+	"github.com/kubectl-nettrace/nettrace/internal/testns"
 )
 
 // backends are the iptables implementations every kernel-facing test runs
@@ -39,23 +38,13 @@ func makeNetNS(t testing.TB, cleanup func(func())) ns.NetNS {
 	if os.Geteuid() != 0 {
 		t.Fatal("this test creates network namespaces and needs root")
 	}
-	var random [6]byte
-	if _, err := rand.Read(random[:]); err != nil {
-		t.Fatal(err)
-	}
-	name := fmt.Sprintf("snat-test-%x", random)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	netns, err := ns.GetNS("/run/netns/" + name)
+	netns, err := testns.Make("snat-test-")
 	if err != nil {
-		_ = exec.Command("ip", "netns", "del", name).Run()
 		t.Fatal(err)
 	}
 	cleanup(func() {
-		netns.Close()
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
+		if err := testns.Remove(netns); err != nil {
+			t.Error(err)
 		}
 	})
 	return netns

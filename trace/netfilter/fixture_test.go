@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/kubectl-nettrace/nettrace/internal/testns"
 	"github.com/kubectl-nettrace/nettrace/trace"
 )
 
@@ -35,24 +35,8 @@ var netnsCount atomic.Int32
 
 func newTestNetns(t *testing.T) *testNetns {
 	t.Helper()
-	name := fmt.Sprintf("%s%d-%d", testNetnsPrefix, os.Getpid(), netnsCount.Add(1))
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("creating netns %s: %v: %s", name, err, out)
-	}
-	n, err := ns.GetNS(filepath.Join("/var/run/netns", name))
-	if err != nil {
-		exec.Command("ip", "netns", "del", name).Run()
-		t.Fatalf("opening netns %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		n.Close()
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("removing netns %s: %v: %s", name, err, out)
-		}
-	})
-	tn := &testNetns{ns: n, name: name}
-	tn.mustRun(t, "", "ip", "link", "set", "lo", "up")
-	return tn
+	n := testns.New(t, testNetnsPrefix)
+	return &testNetns{ns: n, name: testns.Name(n)}
 }
 
 // run runs a command inside the namespace.

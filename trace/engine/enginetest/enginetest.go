@@ -26,6 +26,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/kubectl-nettrace/nettrace/internal/testns"
 )
 
 // NetnsPrefix starts the names of the namespaces, so that a leftover one
@@ -40,27 +42,11 @@ type Netns struct {
 	Name string
 }
 
-// NewNetns makes a namespace with its loopback up.
+// NewNetns makes a namespace with its loopback up, removed when t ends.
 func NewNetns(t testing.TB) *Netns {
 	t.Helper()
-	name := fmt.Sprintf("%s%d-%d", NetnsPrefix, os.Getpid(), netnsCount.Add(1))
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("creating netns %s: %v: %s", name, err, out)
-	}
-	n, err := ns.GetNS(filepath.Join("/run/netns", name))
-	if err != nil {
-		exec.Command("ip", "netns", "del", name).Run()
-		t.Fatalf("opening netns %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		n.Close()
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("removing netns %s: %v: %s", name, err, out)
-		}
-	})
-	tn := &Netns{NetNS: n, Name: name}
-	tn.Run(t, "ip", "link", "set", "lo", "up")
-	return tn
+	n := testns.New(t, NetnsPrefix)
+	return &Netns{NetNS: n, Name: testns.Name(n)}
 }
 
 // Run runs a command inside the namespace and returns its output.
