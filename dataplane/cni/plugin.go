@@ -47,6 +47,18 @@ func (c *NetConf) datastore() (*ipam.Client, error) {
 	return ipam.NewClientForConfig(cfg)
 }
 
+// connectLocked connects to the IPAM datastore and takes the node's lock,
+// which unlock gives back: what changes the node's addresses holds it.
+func (c *NetConf) connectLocked(ctx context.Context) (store *ipam.Client, unlock func(), err error) {
+	if store, err = c.connect(ctx); err != nil {
+		return nil, nil, err
+	}
+	if unlock, err = lockNode(ctx, c.NodeName); err != nil {
+		return nil, nil, err
+	}
+	return store, unlock, nil
+}
+
 // connect returns a client of the datastore whose connection is up. When
 // many pods start at once the node is busy and the API server can be slow to
 // complete the TLS handshake, so the first request is retried while it times
@@ -172,11 +184,7 @@ func cmdDel(args *skel.CmdArgs) error {
 			return err
 		}
 	}
-	store, err := conf.connect(ctx)
-	if err != nil {
-		return cniError(err)
-	}
-	unlock, err := lockNode(ctx, conf.NodeName)
+	store, unlock, err := conf.connectLocked(ctx)
 	if err != nil {
 		return cniError(err)
 	}
@@ -199,11 +207,7 @@ func cmdGC(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	store, err := conf.connect(ctx)
-	if err != nil {
-		return cniError(err)
-	}
-	unlock, err := lockNode(ctx, conf.NodeName)
+	store, unlock, err := conf.connectLocked(ctx)
 	if err != nil {
 		return cniError(err)
 	}
