@@ -31,7 +31,8 @@ func Announcer(addr netip.Addr, eligible []string) (string, bool) {
 }
 
 // EligibleNodes returns, sorted by name, the nodes that may announce the
-// addresses of svc: the Ready nodes without ExcludeLabel and, when the service's
+// addresses of svc, of the nodes given (a Speaker gives those whose speaker
+// is alive): the Ready nodes without ExcludeLabel and, when the service's
 // externalTrafficPolicy is Local, only those with a ready endpoint of the
 // service per its EndpointSlices (slices of other services are ignored).
 func EligibleNodes(svc *v1.Service, nodes []*v1.Node, endpointSlices []*discovery.EndpointSlice) []string {

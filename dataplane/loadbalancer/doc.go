@@ -11,8 +11,9 @@
 //
 // The Speaker runs on every node. For each address, the announcer is the
 // first eligible node in the order of sha256(nodeName + "#" + address)
-// (Announcer, EligibleNodes): a Ready node, with a ready local endpoint when
-// the service's externalTrafficPolicy is Local. The announcer answers ARP
+// (Announcer, EligibleNodes): a Ready node whose speaker is alive (it renews
+// a Lease of its own), with a ready local endpoint when the service's
+// externalTrafficPolicy is Local. The announcer answers ARP
 // requests for the address with its underlay interface's MAC, from an
 // AF_PACKET socket, and broadcasts gratuitous ARP replies when it takes the
 // address over. No node puts the address on an interface: the packets the

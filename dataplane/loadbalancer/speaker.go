@@ -14,6 +14,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -54,6 +55,13 @@ type SpeakerOptions struct {
 	// Defaults.
 	GratuitousCount    int
 	GratuitousInterval time.Duration
+	// MemberNamespace holds the speakers' Leases, by which they know which
+	// of them are alive; empty means DefaultMemberNamespace.
+	MemberNamespace string
+	// MemberLeaseDuration is how long a speaker counts as alive after its
+	// Lease was last seen renewed; it renews it three times as often. Zero
+	// means DefaultMemberLeaseDuration.
+	MemberLeaseDuration time.Duration
 	// Logger receives the speaker's log; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -74,6 +82,7 @@ type Speaker struct {
 	services corelisters.ServiceLister
 	slices   discoverylisters.EndpointSliceLister
 	arp      *arpResponder
+	members  *members
 	recorder record.EventRecorder
 	kick     chan struct{}
 	bursts   sync.WaitGroup
@@ -101,6 +110,12 @@ func NewSpeaker(client kubernetes.Interface, nodeName, iface string, opts Speake
 	if opts.GratuitousInterval <= 0 {
 		opts.GratuitousInterval = DefaultGratuitousInterval
 	}
+	if opts.MemberNamespace == "" {
+		opts.MemberNamespace = DefaultMemberNamespace
+	}
+	if opts.MemberLeaseDuration <= 0 {
+		opts.MemberLeaseDuration = DefaultMemberLeaseDuration
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
@@ -113,12 +128,14 @@ func NewSpeaker(client kubernetes.Interface, nodeName, iface string, opts Speake
 		log:       log.With("component", "loadbalancer-speaker", "node", nodeName, "iface", iface),
 		kick:      make(chan struct{}, 1),
 		announced: make(map[netip.Addr]string),
+		members:   newMembers(opts.MemberLeaseDuration),
 	}, nil
 }
 
-// Run watches Nodes, Services and EndpointSlices and announces the node's
-// addresses until ctx is done, then withdraws them. It returns an error when
-// it cannot start or when the interface's socket fails.
+// Run watches Nodes, Services, EndpointSlices and the speakers' Leases and
+// announces the node's addresses until ctx is done, renewing its own Lease;
+// then it withdraws them and deletes its Lease. It returns an error when it
+// cannot start or when the interface's socket fails.
 func (s *Speaker) Run(ctx context.Context) error {
 	if err := s.listen(); err != nil {
 		return fmt.Errorf("loadbalancer: %w", err)
@@ -143,16 +160,33 @@ func (s *Speaker) Run(ctx context.Context) error {
 			return fmt.Errorf("loadbalancer: adding event handler: %w", err)
 		}
 	}
+	leaseFactory := informers.NewSharedInformerFactoryWithOptions(s.client, 0,
+		informers.WithNamespace(s.opts.MemberNamespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = MemberLabel }))
+	leases := leaseFactory.Coordination().V1().Leases().Informer()
+	_, err := leases.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { s.members.observe(obj); s.requestSync() },
+		UpdateFunc: func(_, obj any) { s.members.observe(obj); s.requestSync() },
+		DeleteFunc: func(obj any) { s.members.forget(obj); s.requestSync() },
+	})
+	if err != nil {
+		return fmt.Errorf("loadbalancer: adding event handler: %w", err)
+	}
+	s.renew(ctx)
+	defer s.resign()
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), nodes.Informer().HasSynced, services.Informer().HasSynced, endpointSlices.Informer().HasSynced) {
+	leaseFactory.Start(ctx.Done())
+	defer leaseFactory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), nodes.Informer().HasSynced, services.Informer().HasSynced,
+		endpointSlices.Informer().HasSynced, leases.HasSynced) {
 		return nil
 	}
 
 	served := make(chan error, 1)
 	go func() { served <- s.arp.serve() }()
 	s.log.Info("answering ARP for the addresses this node announces", "mac", s.arp.mac().String())
-	err := s.loop(ctx, served)
+	err = s.loop(ctx, served)
 	s.withdrawAll()
 	s.bursts.Wait()
 	return err
@@ -182,9 +216,12 @@ func (s *Speaker) requestSync() {
 	}
 }
 
-// loop re-evaluates the announcements on every change until ctx is done or
-// the responder fails.
+// loop re-evaluates the announcements on every change, and each time it
+// renews the speaker's Lease (when the other speakers' Leases may have
+// expired), until ctx is done or the responder fails.
 func (s *Speaker) loop(ctx context.Context, served <-chan error) error {
+	renewal := time.NewTicker(s.opts.MemberLeaseDuration / 3)
+	defer renewal.Stop()
 	s.requestSync()
 	for {
 		select {
@@ -192,9 +229,32 @@ func (s *Speaker) loop(ctx context.Context, served <-chan error) error {
 			return nil
 		case err := <-served:
 			return fmt.Errorf("loadbalancer: %w", err)
+		case <-renewal.C:
+			s.renew(ctx)
+			s.sync(ctx)
 		case <-s.kick:
 			s.sync(ctx)
 		}
+	}
+}
+
+// renew renews the speaker's Lease. A failure is logged: the Lease ages,
+// and when it expires every speaker, this one too, takes the node for dead.
+func (s *Speaker) renew(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.MemberLeaseDuration/3)
+	defer cancel()
+	if err := renewMember(ctx, s.client, s.opts.MemberNamespace, s.nodeName, s.opts.MemberLeaseDuration); err != nil {
+		s.log.Warn("renewing the speaker's Lease failed", "err", err)
+	}
+}
+
+// resign deletes the speaker's Lease when it stops, after it withdrew its
+// addresses, so that the other speakers take them over at once.
+func (s *Speaker) resign() {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.MemberLeaseDuration/3)
+	defer cancel()
+	if err := removeMember(ctx, s.client, s.opts.MemberNamespace, s.nodeName); err != nil {
+		s.log.Warn("removing the speaker's Lease failed: the other speakers wait for it to expire", "err", err)
 	}
 }
 
@@ -235,6 +295,7 @@ func (s *Speaker) sync(ctx context.Context) {
 // namespace/name has it.
 func (s *Speaker) assignments() map[netip.Addr]assignment {
 	nodes, _ := s.nodes.List(labels.Everything())
+	nodes = s.members.alive(nodes)
 	services, _ := s.services.List(labels.Everything())
 	slices.SortFunc(services, func(a, b *v1.Service) int { return cmp.Compare(serviceKey(a), serviceKey(b)) })
 	assignments := make(map[netip.Addr]assignment)

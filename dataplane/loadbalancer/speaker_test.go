@@ -277,14 +277,18 @@ func (w *arpWatch) String() string {
 
 // startSpeaker runs the speaker of nodeName in node's netns until the
 // returned stop is called or the test ends.
-func startSpeaker(t *testing.T, client kubernetes.Interface, nodeName string, node host, log io.Writer) (stop func()) {
+func startSpeaker(t *testing.T, client kubernetes.Interface, nodeName string, node host, log io.Writer, tune ...func(*SpeakerOptions)) (stop func()) {
 	t.Helper()
-	s, err := NewSpeaker(client, nodeName, "eth0", SpeakerOptions{
+	opts := SpeakerOptions{
 		Pool:               netip.MustParsePrefix("192.168.10.200/29"),
 		NetNSPath:          node.path(),
 		GratuitousInterval: 200 * time.Millisecond,
 		Logger:             slog.New(slog.NewTextHandler(io.MultiWriter(log, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	}
+	for _, f := range tune {
+		f(&opts)
+	}
+	s, err := NewSpeaker(client, nodeName, "eth0", opts)
 	if err != nil {
 		t.Fatal(err)
 	}

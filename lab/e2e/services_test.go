@@ -6,14 +6,19 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/kubectl-nettrace/nettrace/lab"
+	"github.com/kubectl-nettrace/nettrace/lab/proc"
 )
 
 func serviceIP(t *testing.T, namespace, name string) string {
@@ -208,8 +213,58 @@ func (w testWriter) Write(p []byte) (int, error) {
 // the service there.
 func TestLoadBalancerFromOutside(t *testing.T) { checkLoadBalancerFromOutside(t) }
 
-func checkLoadBalancerFromOutside(t *testing.T) {
-	var lbIP string
+// The announcer's node daemon is killed while its node stays Ready: its
+// speaker's Lease expires and another node answers ARP for the address,
+// which stays reachable from outside. A second `up` restarts the daemon.
+func TestLoadBalancerSurvivesAKilledSpeaker(t *testing.T) {
+	lbIP, owner := checkLoadBalancerFromOutside(t)
+	if owner == "" {
+		t.Fatal("no announcer to kill")
+	}
+	macOf := map[string]string{}
+	for _, node := range []string{"k8s-m", "k8s-w1", "k8s-w2"} {
+		link := strings.Fields(labExec(t, "node/"+node, "ip", "-br", "link", "show", "eth0"))
+		macOf[node] = link[2]
+	}
+	pid, ok := proc.Running(filepath.Join(lab.DefaultStateDir, "run"), owner+"-nettrace-node")
+	if !ok {
+		t.Fatalf("the node daemon of %s is not running", owner)
+	}
+	t.Cleanup(func() {
+		run(t, bin("nettrace-lab"), "up", "--with-examples")
+		// The restarted daemon answers for the address again: the tests after
+		// this one find the lab as it was.
+		eventually(t, 20*time.Second, "Welcome to nginx!", "external", "curl", "-s", "-m", "2", lbIP)
+	})
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	// The outside world keeps asking (curl) until another node's MAC answers.
+	var neigh, successor string
+	err := wait.PollUntilContextTimeout(context.Background(), 250*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		exec.Command(bin("nettrace-lab"), "exec", "external", "--", "curl", "-s", "-m", "1", "-o", "/dev/null", lbIP).Run()
+		neigh = labExec(t, "external", "ip", "neigh", "show", lbIP)
+		for node, mac := range macOf {
+			if node != owner && strings.Contains(neigh, "lladdr "+mac) {
+				successor = node
+			}
+		}
+		return successor != "", nil
+	})
+	if err != nil {
+		t.Fatalf("no other node answers ARP for %s 30 s after the node daemon of %s was killed: %s", lbIP, owner, neigh)
+	}
+	t.Logf("%s moved from %s to %s %s after the node daemon was killed", lbIP, owner, successor, time.Since(killed).Round(100*time.Millisecond))
+	if out := eventually(t, 20*time.Second, "Welcome to nginx!", "external", "curl", "-s", "-m", "3", lbIP); !strings.Contains(out, "Welcome to nginx!") {
+		t.Errorf("curl %s from outside after the failover:\n%s", lbIP, out)
+	}
+}
+
+// checkLoadBalancerFromOutside checks that nginx-lb answers from the
+// outside world at its address, and returns the address and the node whose
+// MAC the outside world's ARP entry holds.
+func checkLoadBalancerFromOutside(t *testing.T) (lbIP, owner string) {
 	err := wait.PollUntilContextTimeout(context.Background(), 250*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		s, err := clientset(t).CoreV1().Services("default").Get(ctx, "nginx-lb", metav1.GetOptions{})
 		if err != nil || len(s.Status.LoadBalancer.Ingress) == 0 {
@@ -237,7 +292,6 @@ func checkLoadBalancerFromOutside(t *testing.T) {
 			macs[link[2]] = node
 		}
 	}
-	owner := ""
 	for mac, node := range macs {
 		if strings.Contains(neigh, mac) {
 			owner = node
@@ -247,4 +301,5 @@ func checkLoadBalancerFromOutside(t *testing.T) {
 		t.Errorf("the outside world's ARP entry for %s is no node's eth0: %s (nodes: %v)", lbIP, neigh, macs)
 	}
 	t.Logf("%s is announced by %s", lbIP, owner)
+	return lbIP, owner
 }

@@ -40,7 +40,7 @@ func TestKubeProxyModes(t *testing.T) {
 			t.Run("ClusterIP", checkClusterIPByNameAndAddress)
 			t.Run("DNAT", checkClusterIPIsDNATedToThePod)
 			t.Run("NodePort", checkNodePortFromOutsideOnEveryNode)
-			t.Run("LoadBalancer", checkLoadBalancerFromOutside)
+			t.Run("LoadBalancer", func(t *testing.T) { checkLoadBalancerFromOutside(t) })
 			t.Run("trace names kube-proxy's chains", func(t *testing.T) {
 				checkTraceThroughKubeProxy(t, mode.table, mode.svcChain, mode.sepChain)
 			})
