@@ -152,32 +152,36 @@ reply
 `
 
 // TestTraceLiveToTargetPort traces live traffic to a ClusterIP whose
-// service port 80 is DNATed to the endpoint's 8080, on each backend. The
-// service was used before: the session learns its endpoint from the
-// connection that conntrack still holds when it arms, and selects the new
-// connection's packets to and from 8080 from the first on.
+// service port 80 is DNATed to the endpoint's 8080, on each backend. When
+// the service was used before, the session learns its endpoint from the
+// connection that conntrack still holds when it arms. When it was not (the
+// client only talked to the pod directly, which warms the neighbour caches
+// but teaches nothing), the session selects the client pod's packets, so
+// the first one to 8080 is seen too.
 func TestTraceLiveToTargetPort(t *testing.T) {
 	rules := strings.ReplaceAll(enginetest.Rules, "172.16.1.11:80", "172.16.1.11:8080")
 	for _, backend := range backends {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			n := enginetest.NewNode(t, enginetest.NodeName, enginetest.NodeIP)
-			enginetest.Connect(t, n, nil)
-			c := &enginetest.Cluster{Node: n, Client: n.AddPod(t, enginetest.ClientIP, enginetest.ClientVeth),
-				Server: n.AddPod(t, enginetest.ServerIP, enginetest.ServerVeth)}
-			c.Server.Listen(t, 8080)
-			n.Netns.RunInput(t, rules, "iptables-"+backend+"-restore")
-			if err := c.Client.Dial(context.Background(), enginetest.ServiceAddr); err != nil {
-				t.Fatal(err)
-			}
-			before := enginetest.NetfilterState(t, n.Netns)
+		for earlier, dial := range map[string]string{"used before": enginetest.ServiceAddr, "first use": "172.16.1.11:8080"} {
+			t.Run(backend+"/"+earlier, func(t *testing.T) {
+				t.Parallel()
+				n := enginetest.NewNode(t, enginetest.NodeName, enginetest.NodeIP)
+				enginetest.Connect(t, n, nil)
+				c := &enginetest.Cluster{Node: n, Client: n.AddPod(t, enginetest.ClientIP, enginetest.ClientVeth),
+					Server: n.AddPod(t, enginetest.ServerIP, enginetest.ServerVeth)}
+				c.Server.Listen(t, 8080)
+				n.Netns.RunInput(t, rules, "iptables-"+backend+"-restore")
+				if err := c.Client.Dial(context.Background(), dial); err != nil {
+					t.Fatal(err)
+				}
+				before := enginetest.NetfilterState(t, n.Netns)
 
-			path := traceLive(t, c, tcpFlow(enginetest.ClientIP, enginetest.ServiceAddr), enginetest.ServiceAddr)
-			checkTable(t, path, targetPortPath+"verdict: replied: the reply reached 172.16.1.10\n")
-			if after := enginetest.NetfilterState(t, n.Netns); after != before {
-				t.Errorf("the node's netfilter state changed:\n%s\nbefore:\n%s", after, before)
-			}
-		})
+				path := traceLive(t, c, tcpFlow(enginetest.ClientIP, enginetest.ServiceAddr), enginetest.ServiceAddr)
+				checkTable(t, path, targetPortPath+"verdict: replied: the reply reached 172.16.1.10\n")
+				if after := enginetest.NetfilterState(t, n.Netns); after != before {
+					t.Errorf("the node's netfilter state changed:\n%s\nbefore:\n%s", after, before)
+				}
+			})
+		}
 	}
 }
 
