@@ -198,11 +198,12 @@ const nodePortRequest = clientARP + `[k8s-w1] pod 172.16.1.10 eth0 → udp 172.1
 [k8s-w1] cali0f1e2d3c4b5 → ARP 172.16.1.11 is-at 0a:58:ac:10:01:0b
 `
 
-// nodePortPostNAT is the request as the server's veth sees it after the
-// rewrite: conntrack reports the rewrite as the packet leaves, so the
-// capture there follows the new port only from a moment later, mostly
-// after the packet went by.
-const nodePortPostNAT = "[k8s-w1] cali0f1e2d3c4b5 → udp 192.168.10.101:NATPORT > 172.16.1.11:8053 ttl 63\n"
+// nodePortPostNAT is the request as the server's veth sees it after both
+// rewrites, delivered: the trace armed with the endpoint that the node's
+// rules DNAT the node port to, so it selects the rewritten request although
+// its new source port is random.
+const nodePortPostNAT = "[k8s-w1] cali0f1e2d3c4b5 → udp 192.168.10.101:NATPORT > 172.16.1.11:8053 ttl 63\n" +
+	"[k8s-w1] cali0f1e2d3c4b5 → delivered to 172.16.1.11\n"
 
 // nodePortReply is the server's answer, a second later: by then the
 // session follows the new port, and the reply is seen from the server's
@@ -219,9 +220,10 @@ verdict: replied: UDP reply of 22 bytes
 `
 
 // TestTraceWidensAcrossNodePort probes the node port of the client's own
-// node over UDP, on each backend. Nothing armed selects the request once
-// the DNAT and the MASQUERADE rewrote both its ends: the session widens
-// its sources with the new source port as conntrack reports it, and the
+// node over UDP, on each backend. The DNAT and the MASQUERADE rewrite both
+// ends of the request: the trace, armed with the endpoint the node's rules
+// DNAT to, selects it after the rewrites too, and the session widens its
+// sources with the new source port as conntrack reports it, so that the
 // server, which answers a second later, is traced back through the
 // rewrites.
 func TestTraceWidensAcrossNodePort(t *testing.T) {
@@ -241,11 +243,9 @@ func TestTraceWidensAcrossNodePort(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := natTable(t, path)
-			// Whether the capture caught the rewritten request depends on
-			// which came first, it or the widening: either is right.
-			got = strings.Replace(got, nodePortPostNAT, "", 1)
-			if want := nodePortRequest + nodePortReply; got != want {
+			// The trace armed with the endpoint that the node's rules DNAT
+			// the node port to: the rewritten request is seen too.
+			if got, want := natTable(t, path), nodePortRequest+nodePortPostNAT+nodePortReply; got != want {
 				t.Errorf("table:\n%s\nwant:\n%s", got, want)
 			}
 			if len(path.Lost) != 0 {

@@ -182,10 +182,18 @@ func Trace(ctx context.Context, req Request) (trace.Path, error) {
 	if t.probe != nil {
 		followed = t.flow
 	}
+	match := matchOf(req.Flow, t.probe)
+	err = node.Do(func(ns.NetNS) error {
+		match.Ends = append(match.Ends, plannedEnds(req.Flow)...)
+		return nil
+	})
+	if err != nil {
+		return trace.Path{}, err
+	}
 	cfg := Config{
 		Node:           req.Node,
 		Netns:          req.Netns,
-		Match:          matchOf(req.Flow, t.probe),
+		Match:          match,
 		Flow:           followed,
 		Watch:          []Watch{{Path: src.Netns, Label: podLabel(src.IP)}},
 		PathInterfaces: []string{src.HostVeth},
