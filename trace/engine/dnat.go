@@ -139,7 +139,7 @@ type selector struct {
 // parseNATRule reads a rule as iptables-save prints it ("-A CHAIN …").
 func parseNATRule(rule string) natRule {
 	r := natRule{selectors: map[string]selector{}}
-	fields := splitRule(rule)
+	fields := ruleset.SplitRule(rule)
 	negate := false
 	for i := 0; i < len(fields); i++ {
 		f := fields[i]
@@ -164,37 +164,6 @@ func parseNATRule(rule string) natRule {
 		negate = false
 	}
 	return r
-}
-
-// splitRule splits a rule into its words, a quoted string (a comment)
-// being one word.
-func splitRule(rule string) []string {
-	var words []string
-	var word strings.Builder
-	quoted, inWord := false, false
-	for i := 0; i < len(rule); i++ {
-		c := rule[i]
-		switch {
-		case c == '\\' && quoted && i+1 < len(rule):
-			i++
-			word.WriteByte(rule[i])
-		case c == '"':
-			quoted, inWord = !quoted, true
-		case c == ' ' && !quoted:
-			if inWord {
-				words = append(words, word.String())
-				word.Reset()
-				inWord = false
-			}
-		default:
-			word.WriteByte(c)
-			inWord = true
-		}
-	}
-	if inWord {
-		words = append(words, word.String())
-	}
-	return words
 }
 
 // mayMatch reports whether no selector the walk reads rules the packet out.
