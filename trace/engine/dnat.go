@@ -39,10 +39,10 @@ func plannedEnds(flow trace.Flow) []netip.AddrPort {
 			saves = append(saves, save)
 		}
 	}
-	dst := netip.AddrPortFrom(flow.Dst, flow.DstPort)
+	dst, local := netip.AddrPortFrom(flow.Dst, flow.DstPort), isLocalAddr(flow.Dst)
 	var ends []netip.AddrPort
 	for _, save := range saves {
-		for _, e := range dnatTargets(save, flow.Proto, dst, isLocalAddr(flow.Dst)) {
+		for _, e := range dnatTargets(save, flow.Proto, dst, local) {
 			if !slices.Contains(ends, e) && e != dst {
 				ends = append(ends, e)
 			}
