@@ -156,8 +156,8 @@ reply
 // the service was used before, the session learns its endpoint from the
 // connection that conntrack still holds when it arms. When it was not (the
 // client only talked to the pod directly, which warms the neighbour caches
-// but teaches nothing), the session selects the client pod's packets, so
-// the first one to 8080 is seen too.
+// but teaches nothing), the trace arms with the endpoint that the node's
+// rules DNAT the service to, so the first packet to 8080 is seen too.
 func TestTraceLiveToTargetPort(t *testing.T) {
 	rules := strings.ReplaceAll(enginetest.Rules, "172.16.1.11:80", "172.16.1.11:8080")
 	for _, backend := range backends {

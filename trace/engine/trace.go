@@ -289,12 +289,10 @@ func planProbe(netns string, req Request, nodeNetns string) (*probe.Probe, error
 // unique source port (for ICMP, its echo identifier and the two addresses)
 // and by its destination, so that a MASQUERADE that gives it another source
 // port does not hide it from the first packet on. Live, the client's port
-// is not known: the flow is selected by its destination port and by the
-// source pod's address (for ICMP, the two addresses), so that a DNAT to an
-// endpoint on another port does not hide it either, and the session learns
-// where a DNAT sends it from the connections to the same destination that
-// conntrack reports. The pod's other connections are selected too; the
-// correlator leaves them out.
+// is not known: the flow is selected by its destination port (for ICMP, the
+// two addresses). Trace adds the destinations the node's rules may DNAT the
+// flow to (plannedEnds), and the session learns more from the connections
+// to the same destination that conntrack reports.
 func matchOf(flow trace.Flow, p *probe.Probe) trace.Match {
 	if flow.Proto == trace.ICMP {
 		m := trace.Match{Proto: trace.ICMP, Addrs: []netip.Addr{flow.Src, flow.Dst}}
@@ -304,8 +302,7 @@ func matchOf(flow trace.Flow, p *probe.Probe) trace.Match {
 		return m
 	}
 	if p == nil {
-		return trace.Match{Proto: flow.Proto, Ports: []uint16{flow.DstPort},
-			Ends: []netip.AddrPort{netip.AddrPortFrom(flow.Src, 0)}}
+		return trace.Match{Proto: flow.Proto, Ports: []uint16{flow.DstPort}}
 	}
 	return trace.Match{Proto: flow.Proto, Ports: []uint16{p.Flow().SrcPort},
 		Ends: []netip.AddrPort{netip.AddrPortFrom(flow.Dst, flow.DstPort)}}
