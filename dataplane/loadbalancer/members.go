@@ -39,7 +39,6 @@ func memberLeaseName(node string) string { return "nettrace-lb-speaker-" + node 
 // informer delivers.
 type members struct {
 	duration time.Duration
-	now      func() time.Time
 
 	mu      sync.Mutex
 	renewal map[string]metav1.MicroTime // node → the renewTime of its Lease last seen
@@ -47,7 +46,7 @@ type members struct {
 }
 
 func newMembers(duration time.Duration) *members {
-	return &members{duration: duration, now: time.Now,
+	return &members{duration: duration,
 		renewal: make(map[string]metav1.MicroTime), seen: make(map[string]time.Time)}
 }
 
@@ -61,7 +60,7 @@ func (m *members) observe(obj any) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if prev, ok := m.renewal[node]; !ok || !prev.Equal(l.Spec.RenewTime) {
-		m.renewal[node], m.seen[node] = *l.Spec.RenewTime, m.now()
+		m.renewal[node], m.seen[node] = *l.Spec.RenewTime, time.Now()
 	}
 }
 
@@ -85,7 +84,7 @@ func (m *members) forget(obj any) {
 func (m *members) alive(nodes []*v1.Node) []*v1.Node {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := m.now()
+	now := time.Now()
 	var live []*v1.Node
 	for _, n := range nodes {
 		if seen, ok := m.seen[n.Name]; ok && now.Sub(seen) < m.duration {
