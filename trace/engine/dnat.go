@@ -17,8 +17,10 @@ import (
 const maxPlannedEnds = 32
 
 // plannedEnds returns, for a flow about to be traced in the calling
-// thread's network namespace, where the node's iptables NAT rules may DNAT
-// its request (dnatTargets over the nat table of both backends). Armed
+// thread's network namespace, where the node's NAT rules may DNAT its
+// request: dnatTargets over the nat table of both iptables backends, and
+// nftDNATTargets over the native nf_tables tables (kube-proxy's nftables
+// mode). Armed
 // with them, the sources select the request from the first packet after a
 // DNAT that also rewrites its source (a node port of the node itself, whose
 // MASQUERADE picks a random port), which widening would see only after it
@@ -40,12 +42,19 @@ func plannedEnds(flow trace.Flow) []netip.AddrPort {
 		}
 	}
 	dst, local := netip.AddrPortFrom(flow.Dst, flow.DstPort), isLocalAddr(flow.Dst)
-	var ends []netip.AddrPort
+	var found []netip.AddrPort
 	for _, save := range saves {
-		for _, e := range dnatTargets(save, flow.Proto, dst, local) {
-			if !slices.Contains(ends, e) && e != dst {
-				ends = append(ends, e)
-			}
+		found = append(found, dnatTargets(save, flow.Proto, dst, local)...)
+	}
+	if listing, err := exec.Command("nft", "-j", "list", "ruleset").Output(); err == nil {
+		if targets, err := nftDNATTargets(listing, flow.Proto, dst, local); err == nil {
+			found = append(found, targets...)
+		}
+	}
+	var ends []netip.AddrPort
+	for _, e := range found {
+		if !slices.Contains(ends, e) && e != dst {
+			ends = append(ends, e)
 		}
 	}
 	if len(ends) > maxPlannedEnds {

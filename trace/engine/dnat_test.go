@@ -65,3 +65,48 @@ func TestDNATTargets(t *testing.T) {
 		})
 	}
 }
+
+// TestNftDNATTargets reads the nftables ruleset that the real kube-proxy
+// v1.37.2 wrote in its nftables mode on the lab's k8s-w1 (node address
+// 192.168.10.101): kube-dns's two endpoints behind a numgen map, a node
+// port, and a ClusterIP with one endpoint.
+func TestNftDNATTargets(t *testing.T) {
+	listing, err := os.ReadFile("testdata/kube-proxy-nftables.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := netip.MustParseAddrPort
+	for _, tc := range []struct {
+		name  string
+		proto trace.Proto
+		dst   string
+		local bool
+		want  []string
+	}{
+		{"kube-dns over udp", trace.UDP, "10.96.0.10:53", false, []string{"172.16.198.1:53", "172.16.65.1:53"}},
+		{"kube-dns, another port", trace.UDP, "10.96.0.10:54", false, nil},
+		{"cluster IP of nodeport-dnat", trace.TCP, "10.109.13.118:80", false, []string{"172.16.198.8:80"}},
+		{"node port of this node", trace.TCP, "192.168.10.101:31010", true, []string{"172.16.198.8:80"}},
+		{"node port of another node", trace.TCP, "192.168.10.102:31010", false, nil},
+		{"node port over udp", trace.UDP, "192.168.10.101:31010", true, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := nftDNATTargets(listing, tc.proto, ap(tc.dst), tc.local)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []netip.AddrPort
+			for _, w := range tc.want {
+				want = append(want, ap(w))
+			}
+			slices.SortFunc(got, netip.AddrPort.Compare)
+			slices.SortFunc(want, netip.AddrPort.Compare)
+			if !slices.Equal(got, want) {
+				t.Errorf("nftDNATTargets(%s %s, local %t) = %v, want %v", tc.proto, tc.dst, tc.local, got, want)
+			}
+		})
+	}
+	if _, err := nftDNATTargets([]byte("{"), trace.TCP, ap("10.96.0.1:443"), false); err == nil {
+		t.Error("a listing that is no JSON gave no error")
+	}
+}
