@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"net"
 	"net/netip"
 	"os/exec"
 	"slices"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/kubectl-nettrace/nettrace/trace"
 	"github.com/kubectl-nettrace/nettrace/trace/netfilter/ruleset"
+	"github.com/kubectl-nettrace/nettrace/trace/route"
 )
 
 // maxPlannedEnds bounds the DNAT destinations a trace arms with; a
@@ -63,21 +63,12 @@ func plannedEnds(flow trace.Flow) []netip.AddrPort {
 	return ends
 }
 
-// isLocalAddr reports whether a is an address of the calling thread's
-// network namespace, as iptables' `--dst-type LOCAL` asks.
+// isLocalAddr reports whether the calling thread's network namespace
+// routes a to itself: the FIB's answer, which iptables' `--dst-type LOCAL`
+// and nftables' `fib daddr type local` ask for too.
 func isLocalAddr(a netip.Addr) bool {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return false
-	}
-	return slices.ContainsFunc(addrs, func(ia net.Addr) bool {
-		n, ok := ia.(*net.IPNet)
-		if !ok {
-			return false
-		}
-		local, ok := netip.AddrFromSlice(n.IP)
-		return ok && local.Unmap() == a
-	})
+	r, err := route.Lookup(route.Query{Dst: a})
+	return err == nil && r.Type == "local"
 }
 
 // dnatTargets walks the nat table of an iptables-save dump from PREROUTING
