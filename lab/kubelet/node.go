@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/kubectl-nettrace/nettrace/lab/controlplane"
 )
@@ -42,11 +43,26 @@ func (k *Kubelet) registerNode(ctx context.Context) error {
 		// to nodes); the lab sets it, as kubeadm's mark-control-plane does.
 		node.Spec.Taints = []corev1.Taint{{Key: "node-role.kubernetes.io/control-plane", Effect: corev1.TaintEffectNoSchedule}}
 	}
-	_, err := k.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("registering node %s: %w", k.cfg.NodeName, err)
+	// Like the kubelet, it keeps trying until it succeeds or ctx ends: the
+	// API server may be busy, and the controller-manager changes a new Node
+	// (its taints) while the first status is written.
+	wait := 200 * time.Millisecond
+	for {
+		_, err := k.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+		if err == nil || apierrors.IsAlreadyExists(err) {
+			err = k.updateNodeStatus(ctx)
+		}
+		if err == nil {
+			return nil
+		}
+		log.Printf("registering node %s: %v; retrying in %s", k.cfg.NodeName, err, wait)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("registering node %s: %w", k.cfg.NodeName, err)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
 	}
-	return k.updateNodeStatus(ctx)
 }
 
 // heartbeat renews the node's lease and status until ctx ends.
@@ -98,6 +114,13 @@ func (k *Kubelet) renewLease(ctx context.Context) {
 
 // updateNodeStatus reports the node Ready with its addresses and capacity.
 func (k *Kubelet) updateNodeStatus(ctx context.Context) error {
+	// The Node changes under the kubelet (the controller-manager taints and
+	// annotates it): a write that lost the race is made again on a fresh read.
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error { return k.writeNodeStatus(ctx) })
+}
+
+// writeNodeStatus reads the Node and writes its status once.
+func (k *Kubelet) writeNodeStatus(ctx context.Context) error {
 	node, err := k.client.CoreV1().Nodes().Get(ctx, k.cfg.NodeName, metav1.GetOptions{})
 	if err != nil {
 		return fmt.Errorf("reading node %s: %w", k.cfg.NodeName, err)
