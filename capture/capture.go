@@ -59,6 +59,14 @@ type Config struct {
 	// MaxPackets bounds the raw packets kept for Packets, DefaultMaxPackets
 	// when zero. Hops are emitted for every packet either way.
 	MaxPackets int
+	// Inbound captures only what the interface receives
+	// (PACKET_IGNORE_OUTGOING). The kernel clones every packet an interface
+	// sends for its packet sockets before their filters run, so a capture
+	// of both directions slows the interface's other traffic; an inbound
+	// one only runs its filter. On one end of a veth pair it misses
+	// nothing if the other end is captured inbound too: what one end sends,
+	// the other receives.
+	Inbound bool
 }
 
 // Stats counts what a capture saw.
@@ -156,6 +164,11 @@ func (c *Capture) open() error {
 	}
 	if err := c.attachFilter(); err != nil {
 		return err
+	}
+	if c.cfg.Inbound {
+		if err := unix.SetsockoptInt(c.sock, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
+			return fmt.Errorf("ignoring outgoing packets: %w", err)
+		}
 	}
 	if c.ring, err = mapRing(c.sock, c.cfg.RingSize, c.cfg.FullPayload); err != nil {
 		return err

@@ -127,6 +127,53 @@ func TestCaptureVethFilter(t *testing.T) {
 	checkPcapng(t, capA, capB)
 }
 
+// TestCaptureInbound captures both ends of a veth pair inbound only: each
+// sees the packets its peer sent, none of its own, and the two together
+// see every packet once.
+func TestCaptureInbound(t *testing.T) {
+	a, b := vethPair(t, "10.1.0.1/24", "10.1.0.2/24")
+	flow := trace.Match{Proto: trace.UDP, Ports: []uint16{40001}}
+	cfgA := Config{Iface: "a0", Node: "k8s-w1", Netns: a.name, Match: flow, Inbound: true}
+	cfgB := Config{Iface: "b0", Node: "k8s-w1", Netns: b.name, Match: flow, Inbound: true}
+	listenUDP(t, a, netip.AddrPortFrom(addrA, 40001))
+	listenUDP(t, b, netip.AddrPortFrom(addrB, 40001))
+
+	capA, recA := startCapture(t, a, cfgA)
+	capB, recB := startCapture(t, b, cfgB)
+	sendUDP(t, a, netip.AddrPortFrom(addrA, 40002), netip.AddrPortFrom(addrB, 40001), 3, []byte("a to b"))
+	sendUDP(t, b, netip.AddrPortFrom(addrB, 40002), netip.AddrPortFrom(addrA, 40001), 2, []byte("b to a"))
+	closeCapture(t, capA)
+	closeCapture(t, capB)
+
+	for _, c := range []struct {
+		cfg     Config
+		rec     *recorder
+		capture *Capture
+		from    netip.Addr
+		count   int
+	}{{cfgA, recA, capA, addrB, 2}, {cfgB, recB, capB, addrA, 3}} {
+		packets := byKind(c.rec.all(), trace.HopInterface)
+		if len(packets) != c.count {
+			t.Errorf("%s: %d packets, want the %d its peer sent: %+v", c.cfg.Iface, len(packets), c.count, packets)
+		}
+		for _, h := range packets {
+			if h.Packet.Src != c.from {
+				t.Errorf("%s: captured %+v, which it sent itself", c.cfg.Iface, h.Packet)
+			}
+		}
+		for _, h := range byKind(c.rec.all(), trace.HopARP) {
+			if h.ARP.SenderIP != c.from {
+				t.Errorf("%s: captured ARP %+v, which it sent itself", c.cfg.Iface, h.ARP)
+			}
+		}
+		for _, p := range c.capture.Packets(0) {
+			if p.Direction != pcapng.Inbound {
+				t.Errorf("%s: kept a packet with direction %v: %s", c.cfg.Iface, p.Direction, p.Comment)
+			}
+		}
+	}
+}
+
 // TestCaptureWiden widens a capture while it runs, as the engine does when
 // a NAT gives the flow a port its match did not name: the packets on the
 // new port and to the new end are captured from then on, not before, and
