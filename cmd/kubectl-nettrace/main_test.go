@@ -89,14 +89,14 @@ func TestNode(t *testing.T) {
 		}
 		for _, want := range []string{
 			`KUBE-SEP-TOJ6KBVFMXNEZ7KU #2 "default/web" DNAT 10.96.0.100:80 → 172.16.1.11:80`,
-			"[k8s-w1] cali0f1e2d3c4b5 → delivered to 172.16.1.11\n",
+			"[k8s-w1] pod 172.16.1.11 eth0 → delivered\n",
 			"verdict: replied: SYN-ACK\n",
 		} {
 			if !strings.Contains(r.stdout, want) {
 				t.Errorf("output lacks %q:\n%s", want, r.stdout)
 			}
 		}
-		if !strings.Contains(r.stderr, "armed on k8s-w1: capturing on calia1b2c3d4e5f, eth0, cali0f1e2d3c4b5, pod 172.16.1.10 eth0") {
+		if !strings.Contains(r.stderr, "armed on k8s-w1: capturing on calia1b2c3d4e5f (inbound), cali0f1e2d3c4b5 (inbound), eth0, pod 172.16.1.10 eth0 (inbound), pod 172.16.1.11 eth0 (inbound)") {
 			t.Errorf("progress does not say where it captured:\n%s", r.stderr)
 		}
 	})

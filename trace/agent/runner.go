@@ -148,7 +148,7 @@ func (r *runner) arm(ctx context.Context, flow trace.Flow, pods []watchedPod) (S
 		Flow:  flow,
 	}
 	for _, p := range pods {
-		cfg.Watch = append(cfg.Watch, engine.Watch{Path: p.Netns, Label: p.label})
+		cfg.Watch = append(cfg.Watch, engine.Watch{Path: p.Netns, Label: p.label, HostVeth: p.HostVeth, Iface: p.PeerName})
 		cfg.PathInterfaces = append(cfg.PathInterfaces, p.HostVeth)
 	}
 	sess, err := r.a.cfg.Dataplane.Start(ctx, cfg)

@@ -166,6 +166,19 @@ func TestOrderPlacesRuleBlocksAtTheirStack(t *testing.T) {
 		!strings.Contains(got[1], "filter OUTPUT") || !strings.Contains(got[2], "interface eth0") {
 		t.Errorf("locally sent packet: got %q, want raw OUTPUT, filter OUTPUT, then the capture", got)
 	}
+
+	// Sent by a veth captured inbound only, it was seen only where it
+	// arrived, in the pod's namespace: the block goes right before that.
+	hops = []trace.Hop{
+		seen(w1, clientNetns, "eth0", 10, tcp("192.168.10.101:40000", "10.0.0.1:80", "S", 64)),
+		legacy(w1, 500, tcp("192.168.10.101:40000", "10.0.0.1:80", "S", 64), "filter", "OUTPUT", 0, ":OUTPUT ACCEPT", "", clientVeth),
+		legacy(w1, 400, tcp("192.168.10.101:40000", "10.0.0.1:80", "S", 64), "raw", "OUTPUT", 0, ":OUTPUT ACCEPT", "", clientVeth),
+	}
+	p = Correlate(Input{Flow: flow, Hops: hops})
+	if got := []string{line(p.Hops[0]), line(p.Hops[1]), line(p.Hops[2])}; !strings.Contains(got[0], "raw OUTPUT") ||
+		!strings.Contains(got[1], "filter OUTPUT") || !strings.Contains(got[2], "interface default/client eth0") {
+		t.Errorf("sent by an inbound-only veth: got %q, want raw OUTPUT, filter OUTPUT, then the pod's capture", got)
+	}
 }
 
 func TestOrderCorrectsClockSkew(t *testing.T) {

@@ -227,8 +227,9 @@ func stackOf(e entry) stack { return stack{e.hop.Node, e.hop.Netns, e.hop.Direct
 // entering the stack: the one on the interface the first rule names as
 // input, with the TTL the packet had before forwarding. Without one, the
 // block goes right before the capture of the packet leaving by the last
-// rule's output interface, and without that at the time the first rule was
-// read.
+// rule's output interface, or else right before its first capture in
+// another namespace of the node, and without any at the time the first
+// rule was read.
 func placeRuleBlocks(entries []entry) {
 	blocks := map[stack][]int{}
 	var stacks []stack
@@ -253,6 +254,8 @@ func placeRuleBlocks(entries []entry) {
 			at = entries[in].at
 		} else if out, ok := egressCapture(entries, s, block); ok {
 			at, sub = entries[out].at, -len(block)
+		} else if next, ok := nextNamespaceCapture(entries, s); ok {
+			at, sub = entries[next].at, -len(block)
 		}
 		for k, i := range block {
 			entries[i].at, entries[i].sub = at, sub+k
@@ -286,6 +289,24 @@ func egressCapture(entries []entry, s stack, block []int) (int, bool) {
 		}
 	}
 	return 0, false
+}
+
+// nextNamespaceCapture finds, for a stack that captured nothing of its
+// packet (a reset the node sent that left by a veth captured inbound only),
+// the first capture of the packet in another namespace of the same node:
+// the veth's other end, where it arrived.
+func nextNamespaceCapture(entries []entry, s stack) (int, bool) {
+	best, found := 0, false
+	for i, e := range entries {
+		c := stackOf(e)
+		if !isCapture(e.hop) || c.node != s.node || c.netns == s.netns || c.dir != s.dir || c.tx != s.tx {
+			continue
+		}
+		if !found || e.at.Before(entries[best].at) {
+			best, found = i, true
+		}
+	}
+	return best, found
 }
 
 // closestCapture finds a capture of the packet itself (not wrapped in a

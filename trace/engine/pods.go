@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
 	"github.com/kubectl-nettrace/nettrace/trace/route"
@@ -33,6 +36,43 @@ func localPod(ip netip.Addr, netns string) (route.Pod, error) {
 		return route.Pod{}, fmt.Errorf("finding the network namespace of pod %s: %w", ip, err)
 	}
 	return pod, nil
+}
+
+// watchOf watches a pod's namespace, with the veth pair that joins it to
+// the node when the pod's end is known.
+func watchOf(pod route.Pod) Watch {
+	return Watch{Path: pod.Netns, Label: podLabel(pod.IP), HostVeth: pod.HostVeth, Iface: pod.PeerName}
+}
+
+// localPods finds, in the node's namespace, the pods of the node among
+// addrs, each on a thread of its own. An address that is not a pod here, or
+// whose namespace is not found, is left out: its veth is still captured,
+// both ways.
+func localPods(node ns.NetNS, addrs []netip.Addr) []route.Pod {
+	found := make([]route.Pod, len(addrs))
+	var wg sync.WaitGroup
+	for i, ip := range addrs {
+		wg.Go(func() {
+			_ = node.Do(func(ns.NetNS) (err error) {
+				found[i], err = localPod(ip, "")
+				return err
+			})
+		})
+	}
+	wg.Wait()
+	return slices.DeleteFunc(found, func(p route.Pod) bool { return p.Netns == "" })
+}
+
+// otherAddrs lists the addresses of ends, each once, other than those of
+// skip.
+func otherAddrs(ends []netip.AddrPort, skip ...netip.Addr) []netip.Addr {
+	var addrs []netip.Addr
+	for _, e := range ends {
+		if a := e.Addr(); !slices.Contains(skip, a) && !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
 }
 
 // podVeth returns the pod veth (cali…) the node routes ip to, or a

@@ -55,7 +55,18 @@ type Watch struct {
 	Path string
 	// Label labels its hops: a pod as "namespace/name".
 	Label string
+	// HostVeth and Iface, when both are set, name the veth pair that
+	// joins the namespace to the node: the node's end (cali…) and the
+	// namespace's (eth0). Both ends are captured inbound only
+	// (capture.Config.Inbound): what one end sends the other receives, so
+	// each packet across the pair is still seen once, and the pod's other
+	// traffic is not slowed by the clone that a capture of what an
+	// interface sends costs.
+	HostVeth, Iface string
 }
+
+// paired reports whether w names the veth pair that joins it to the node.
+func (w Watch) paired() bool { return w.HostVeth != "" && w.Iface != "" }
 
 // Session follows one flow on one node: from Start to Stop, the netfilter
 // tracer and conntrack in the node's namespace and the captures there and
@@ -106,6 +117,8 @@ type nodeCapture struct {
 	iface string
 	// label is the watched namespace's label; empty for the node's own.
 	label string
+	// inbound says the capture sees only what the interface receives.
+	inbound bool
 }
 
 // name names the captured interface: "eth0", or "default/client eth0" in a
@@ -195,7 +208,7 @@ func (s *Session) arm(ctx context.Context) error {
 	wg.Go(func() {
 		errs[2] = s.node.Do(func(ns.NetNS) error {
 			var err error
-			groups[0], err = s.openCaptures(nodeIfaces, "", ring)
+			groups[0], err = s.openCaptures(nodeIfaces, "", ring, s.inboundHostVeths())
 			return err
 		})
 	})
@@ -203,7 +216,11 @@ func (s *Session) arm(ctx context.Context) error {
 		wg.Go(func() {
 			errs[3+i] = withNetnsPath(w.Path, func() error {
 				var err error
-				groups[1+i], err = s.openCaptures(watched[i], w.Label, ring)
+				var inbound []string
+				if w.paired() {
+					inbound = []string{w.Iface}
+				}
+				groups[1+i], err = s.openCaptures(watched[i], w.Label, ring, inbound)
 				return err
 			})
 		})
@@ -273,9 +290,10 @@ func withNetnsPath(path string, fn func() error) error {
 }
 
 // openCaptures opens a capture on each interface, in the calling thread's
-// namespace, labelled with the namespace's label. On error it returns
-// those it opened, for Stop to close.
-func (s *Session) openCaptures(ifaces []string, label string, ring int) ([]*nodeCapture, error) {
+// namespace, labelled with the namespace's label; those named in inbound
+// capture what they receive only. On error it returns those it opened, for
+// Stop to close.
+func (s *Session) openCaptures(ifaces []string, label string, ring int, inbound []string) ([]*nodeCapture, error) {
 	var opened []*nodeCapture
 	for _, iface := range ifaces {
 		c, err := capture.Open(capture.Config{
@@ -285,6 +303,7 @@ func (s *Session) openCaptures(ifaces []string, label string, ring int) ([]*node
 			Match:       s.cfg.Match,
 			FullPayload: s.cfg.FullPayload,
 			RingSize:    ring,
+			Inbound:     slices.Contains(inbound, iface),
 		})
 		if err != nil {
 			where := s.cfg.Node
@@ -293,9 +312,22 @@ func (s *Session) openCaptures(ifaces []string, label string, ring int) ([]*node
 			}
 			return opened, fmt.Errorf("arming the capture on %s: %w", where, err)
 		}
-		opened = append(opened, &nodeCapture{Capture: c, node: s.cfg.Node, iface: iface, label: label})
+		opened = append(opened, &nodeCapture{Capture: c, node: s.cfg.Node, iface: iface, label: label,
+			inbound: slices.Contains(inbound, iface)})
 	}
 	return opened, nil
+}
+
+// inboundHostVeths are the node's ends of the watched veth pairs, captured
+// inbound only.
+func (s *Session) inboundHostVeths() []string {
+	var names []string
+	for _, w := range s.cfg.Watch {
+		if w.paired() {
+			names = append(names, w.HostVeth)
+		}
+	}
+	return names
 }
 
 // servers are the ends the request of flow may be addressed to on this

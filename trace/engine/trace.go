@@ -183,29 +183,37 @@ func Trace(ctx context.Context, req Request) (trace.Path, error) {
 		followed = t.flow
 	}
 	match := matchOf(req.Flow, t.probe)
+	var planned []netip.AddrPort
 	err = node.Do(func(ns.NetNS) error {
-		match.Ends = append(match.Ends, plannedEnds(req.Flow)...)
+		planned = plannedEnds(req.Flow)
 		return nil
 	})
 	if err != nil {
 		return trace.Path{}, err
 	}
+	match.Ends = append(match.Ends, planned...)
 	cfg := Config{
 		Node:           req.Node,
 		Netns:          req.Netns,
 		Match:          match,
 		Flow:           followed,
-		Watch:          []Watch{{Path: src.Netns, Label: podLabel(src.IP)}},
+		Watch:          []Watch{watchOf(src)},
 		PathInterfaces: []string{src.HostVeth},
 		MaxInterfaces:  req.MaxInterfaces,
 		FullPayload:    req.FullPayload,
 	}
 	var dests []correlate.Endpoint
 	if dstLocal && dst.Netns != src.Netns {
-		cfg.Watch = append(cfg.Watch, Watch{Path: dst.Netns, Label: podLabel(dst.IP)})
+		cfg.Watch = append(cfg.Watch, watchOf(dst))
 		cfg.PathInterfaces = append(cfg.PathInterfaces, dst.HostVeth)
 		dests = append(dests, correlate.Endpoint{Name: podLabel(dst.IP), Addr: dst.IP, Node: req.Node,
 			Netns: podLabel(dst.IP), HostVeth: dst.HostVeth})
+	}
+	// The DNAT destinations that are pods of this node are watched too, so
+	// that their veths are captured inbound only, as the source's are.
+	for _, pod := range localPods(node, otherAddrs(planned, src.IP, dst.IP)) {
+		cfg.Watch = append(cfg.Watch, watchOf(pod))
+		cfg.PathInterfaces = append(cfg.PathInterfaces, pod.HostVeth)
 	}
 	started := time.Now()
 	t.started = started
@@ -316,7 +324,11 @@ func (t *oneShot) armed(s *Session) {
 	}
 	var ifaces []string
 	for _, c := range s.captures {
-		ifaces = append(ifaces, c.name())
+		name := c.name()
+		if c.inbound {
+			name += " (inbound)"
+		}
+		ifaces = append(ifaces, name)
 	}
 	backends := "no netfilter rules"
 	if bs := s.tracer.Backends(); len(bs) > 0 {
