@@ -2,6 +2,7 @@ package netfilter
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,24 +24,47 @@ var nftHooks = []string{"prerouting", "output"}
 
 // nftSet is one of the sets of a session's table: what the match holds of
 // one kind, and the selectors of the rules that look packets up in it.
+// first says its rules go before the skip rules (nftSkipRules), since
+// they select packets whatever their ports.
 type nftSet struct {
 	name, typ string
 	selectors []string
+	first     bool
 }
+
+// nftPortsSet holds every port the match names, its ports and those of its
+// ends: a packet with neither port in it cannot be selected by a port or
+// an end, and skips their rules.
+const nftPortsSet = "anyport"
 
 // nftSets are the sets of a session's table for a protocol: for TCP and
 // UDP the ports (as source or destination), the ends and the addresses of
 // ends with port 0; for ICMP the addresses.
 func nftSets(proto trace.Proto) []nftSet {
 	if proto == trace.ICMP {
-		return []nftSet{{"addrs", "ipv4_addr", []string{"meta l4proto icmp ip saddr @addrs", "meta l4proto icmp ip daddr @addrs"}}}
+		return []nftSet{{"addrs", "ipv4_addr", []string{"meta l4proto icmp ip saddr @addrs", "meta l4proto icmp ip daddr @addrs"}, true}}
 	}
 	l4 := "meta l4proto " + string(proto)
 	return []nftSet{
-		{"ports", "inet_service", []string{l4 + " th dport @ports", l4 + " th sport @ports"}},
-		{"ends", "ipv4_addr . inet_service", []string{l4 + " ip daddr . th dport @ends", l4 + " ip saddr . th sport @ends"}},
-		{"addrs", "ipv4_addr", []string{l4 + " ip daddr @addrs", l4 + " ip saddr @addrs"}},
+		{"addrs", "ipv4_addr", []string{l4 + " ip daddr @addrs", l4 + " ip saddr @addrs"}, true},
+		{nftPortsSet, "inet_service", nil, false},
+		{"ports", "inet_service", []string{l4 + " th dport @ports", l4 + " th sport @ports"}, false},
+		{"ends", "ipv4_addr . inet_service", []string{l4 + " ip daddr . th dport @ends", l4 + " ip saddr . th sport @ends"}, false},
 	}
+}
+
+// nftSkipRules are the rules that end the walk of a session's chain for
+// the packets that nothing after them can select: those of another
+// protocol, and those with neither port in nftPortsSet. An untraced packet
+// then costs the chain a comparison and two bitmap lookups instead of
+// every marking rule. The rules of the sets marked first come between the
+// two.
+func nftSkipRules(proto trace.Proto) (protocol, ports string) {
+	protocol = fmt.Sprintf("meta l4proto != %s accept", proto)
+	if proto == trace.ICMP {
+		return protocol, ""
+	}
+	return protocol, fmt.Sprintf("meta l4proto %s th dport != @%s th sport != @%s accept", proto, nftPortsSet, nftPortsSet)
 }
 
 // elements returns what m holds for the set, as nft writes its elements.
@@ -54,6 +78,19 @@ func (set nftSet) elements(m trace.Match) []string {
 	case set.name == "ports":
 		for _, p := range m.Ports {
 			out = append(out, strconv.Itoa(int(p)))
+		}
+	case set.name == nftPortsSet:
+		seen := map[uint16]bool{}
+		for _, p := range m.Ports {
+			seen[p] = true
+		}
+		for _, e := range m.Ends {
+			seen[e.Port()] = seen[e.Port()] || e.Port() != 0
+		}
+		for _, p := range slices.Sorted(maps.Keys(seen)) {
+			if seen[p] {
+				out = append(out, strconv.Itoa(int(p)))
+			}
 		}
 	default:
 		for _, e := range m.Ends {
@@ -77,8 +114,9 @@ func nftMarkRule(sel string, rate, burst int) string {
 // nftArmScript returns the nft input that arms a session: a table of its
 // own, tagged in its comment, holding the match in sets, whose prerouting
 // and output chains set nftrace on the packets that a set selects, each
-// rule limited to rate packets a second. A set that is empty has no rules
-// yet: nftWidenScript adds them with its first elements.
+// rule limited to rate packets a second, after the skip rules that let
+// the packets no rule can select through at once. A set that is empty has
+// no rules yet: nftWidenScript adds them with its first elements.
 func nftArmScript(s Session, m trace.Match, rate, burst int) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "table ip %s {\n\tcomment %q\n", s.nftTable(), s.Tag())
@@ -90,14 +128,21 @@ func nftArmScript(s Session, m trace.Match, rate, burst int) string {
 		}
 		sb.WriteString("\t}\n")
 	}
+	skipProtocol, skipPorts := nftSkipRules(m.Proto)
 	for _, hook := range nftHooks {
 		fmt.Fprintf(&sb, "\tchain %s {\n\t\ttype filter hook %s priority %d; policy accept;\n", hook, hook, nftMarkPriority)
-		for _, set := range sets {
-			if len(set.elements(m)) == 0 {
-				continue
+		fmt.Fprintf(&sb, "\t\t%s\n", skipProtocol)
+		for _, first := range []bool{true, false} {
+			if !first && skipPorts != "" {
+				fmt.Fprintf(&sb, "\t\t%s\n", skipPorts)
 			}
-			for _, sel := range set.selectors {
-				fmt.Fprintf(&sb, "\t\t%s\n", nftMarkRule(sel, rate, burst))
+			for _, set := range sets {
+				if set.first != first || len(set.elements(m)) == 0 {
+					continue
+				}
+				for _, sel := range set.selectors {
+					fmt.Fprintf(&sb, "\t\t%s\n", nftMarkRule(sel, rate, burst))
+				}
 			}
 		}
 		sb.WriteString("\t}\n")
@@ -108,7 +153,9 @@ func nftArmScript(s Session, m trace.Match, rate, burst int) string {
 
 // nftWidenScript returns the nft input that widens a session's table from
 // match from to match to: the elements to adds to each set and, for a set
-// that was empty, its rules. It returns "" when to adds nothing.
+// that was empty, its rules, at the end of the chain or, for a set whose
+// rules go before the skip rules, at its start. It returns "" when to adds
+// nothing.
 func nftWidenScript(s Session, from, to trace.Match, rate, burst int) string {
 	var sb strings.Builder
 	for _, set := range nftSets(to.Proto) {
@@ -126,9 +173,13 @@ func nftWidenScript(s Session, from, to trace.Match, rate, burst int) string {
 		if len(had) > 0 {
 			continue
 		}
+		command := "add"
+		if set.first {
+			command = "insert"
+		}
 		for _, hook := range nftHooks {
 			for _, sel := range set.selectors {
-				fmt.Fprintf(&sb, "add rule ip %s %s %s\n", s.nftTable(), hook, nftMarkRule(sel, rate, burst))
+				fmt.Fprintf(&sb, "%s rule ip %s %s %s\n", command, s.nftTable(), hook, nftMarkRule(sel, rate, burst))
 			}
 		}
 	}

@@ -226,6 +226,23 @@ func TestWiden(t *testing.T) {
 			want = want[:len(want)-2]
 			diffLines(t, "rules hit from the widened end", lines, want)
 
+			// The client's address without a port selects its packets
+			// whatever their ports, which the nft marker's skip by port
+			// must not hide.
+			byAddr := widened
+			byAddr.Ends = append(slices.Clone(widened.Ends), netip.AddrPortFrom(netip.MustParseAddr(clientIP.String()), 0))
+			if err := tr.Widen(byAddr); err != nil {
+				t.Fatalf("Widen with an address: %v", err)
+			}
+			c.mu.Lock()
+			c.hops = nil
+			c.mu.Unlock()
+			connectAndReset(t, l, freePort())
+			lines = iptables(c.settle(200 * time.Millisecond))
+			want = slices.DeleteFunc(dnatConnection(slices.Contains(lines, natSvcSepA)), func(s string) bool { return s == rawPolicy })
+			want = want[:len(want)-2]
+			diffLines(t, "rules hit from the widened address", lines, want)
+
 			if losses, err := tr.Close(); err != nil || len(losses) != 0 {
 				t.Fatalf("Close = %v, %v", losses, err)
 			}

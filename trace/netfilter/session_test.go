@@ -3,6 +3,7 @@ package netfilter
 import (
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -196,6 +197,13 @@ func TestNftArmScript(t *testing.T) {
 	got := nftArmScript(testSession, trace.Match{Proto: trace.UDP, Ports: []uint16{53}}, 100, 200)
 	want := `table ip nettrace_0a1b2c3d {
 	comment "nettrace:0a1b2c3d:1700000000:4242"
+	set addrs {
+		type ipv4_addr
+	}
+	set anyport {
+		type inet_service
+		elements = { 53 }
+	}
 	set ports {
 		type inet_service
 		elements = { 53 }
@@ -203,16 +211,17 @@ func TestNftArmScript(t *testing.T) {
 	set ends {
 		type ipv4_addr . inet_service
 	}
-	set addrs {
-		type ipv4_addr
-	}
 	chain prerouting {
 		type filter hook prerouting priority -350; policy accept;
+		meta l4proto != udp accept
+		meta l4proto udp th dport != @anyport th sport != @anyport accept
 		meta l4proto udp th dport @ports limit rate 100/second burst 200 packets meta nftrace set 1
 		meta l4proto udp th sport @ports limit rate 100/second burst 200 packets meta nftrace set 1
 	}
 	chain output {
 		type filter hook output priority -350; policy accept;
+		meta l4proto != udp accept
+		meta l4proto udp th dport != @anyport th sport != @anyport accept
 		meta l4proto udp th dport @ports limit rate 100/second burst 200 packets meta nftrace set 1
 		meta l4proto udp th sport @ports limit rate 100/second burst 200 packets meta nftrace set 1
 	}
@@ -238,7 +247,8 @@ func TestNftWidenScript(t *testing.T) {
 	to := trace.Match{Proto: trace.TCP, Ports: []uint16{40001, 40002},
 		Ends: []netip.AddrPort{netip.MustParseAddrPort("172.16.2.7:8080"), netip.MustParseAddrPort("192.168.10.102:61000")}}
 	got := nftWidenScript(testSession, from, to, 100, 200)
-	want := `add element ip nettrace_0a1b2c3d ports { 40002 }
+	want := `add element ip nettrace_0a1b2c3d anyport { 8080, 40002, 61000 }
+add element ip nettrace_0a1b2c3d ports { 40002 }
 add element ip nettrace_0a1b2c3d ends { 172.16.2.7 . 8080, 192.168.10.102 . 61000 }
 add rule ip nettrace_0a1b2c3d prerouting meta l4proto tcp ip daddr . th dport @ends limit rate 100/second burst 200 packets meta nftrace set 1
 add rule ip nettrace_0a1b2c3d prerouting meta l4proto tcp ip saddr . th sport @ends limit rate 100/second burst 200 packets meta nftrace set 1
@@ -250,6 +260,21 @@ add rule ip nettrace_0a1b2c3d output meta l4proto tcp ip saddr . th sport @ends 
 	}
 	if got := nftWidenScript(testSession, to, to, 100, 200); got != "" {
 		t.Errorf("widening to the same match:\n%s\nwant nothing", got)
+	}
+
+	// An end without a port selects by address, whatever the ports: its
+	// rules go before the rule that skips the packets by their ports.
+	byAddr := to
+	byAddr.Ends = append(slices.Clone(to.Ends), netip.MustParseAddrPort("172.16.2.9:0"))
+	got = nftWidenScript(testSession, to, byAddr, 100, 200)
+	want = `add element ip nettrace_0a1b2c3d addrs { 172.16.2.9 }
+insert rule ip nettrace_0a1b2c3d prerouting meta l4proto tcp ip daddr @addrs limit rate 100/second burst 200 packets meta nftrace set 1
+insert rule ip nettrace_0a1b2c3d prerouting meta l4proto tcp ip saddr @addrs limit rate 100/second burst 200 packets meta nftrace set 1
+insert rule ip nettrace_0a1b2c3d output meta l4proto tcp ip daddr @addrs limit rate 100/second burst 200 packets meta nftrace set 1
+insert rule ip nettrace_0a1b2c3d output meta l4proto tcp ip saddr @addrs limit rate 100/second burst 200 packets meta nftrace set 1
+`
+	if got != want {
+		t.Errorf("widen script with an address:\n%s\nwant:\n%s", got, want)
 	}
 }
 
