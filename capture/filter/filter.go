@@ -164,16 +164,41 @@ type program struct {
 	insns   []bpf.Instruction
 	labels  []int // labels[l] is the position of label l, -1 until placed
 	pending []branch
+	// xZero says X is zero on every way to the next instruction, so that
+	// loadAt can load at an absolute offset: the kernel reads those from
+	// the packet directly, while each X-relative load calls a helper.
+	xZero bool
 }
 
-func (p *program) emit(insns ...bpf.Instruction) { p.insns = append(p.insns, insns...) }
+func (p *program) emit(insns ...bpf.Instruction) {
+	for _, insn := range insns {
+		switch i := insn.(type) {
+		case bpf.LoadConstant:
+			if i.Dst == bpf.RegX {
+				p.xZero = i.Val == 0
+			}
+		case bpf.LoadScratch:
+			if i.Dst == bpf.RegX {
+				p.xZero = false
+			}
+		case bpf.TAX, bpf.LoadMemShift:
+			p.xZero = false
+		}
+	}
+	p.insns = append(p.insns, insns...)
+}
 
 func (p *program) newLabel() label {
 	p.labels = append(p.labels, -1)
 	return label(len(p.labels) - 1)
 }
 
-func (p *program) place(l label) { p.labels[l] = len(p.insns) }
+// place puts label l at the next instruction, where ways join: what X
+// holds there is no longer known.
+func (p *program) place(l label) {
+	p.labels[l] = len(p.insns)
+	p.xZero = false
+}
 
 // jump tests A against val and goes to yes or no.
 func (p *program) jump(cond bpf.JumpTest, val uint32, yes, no label) {
@@ -185,12 +210,18 @@ func (p *program) jump(cond bpf.JumpTest, val uint32, yes, no label) {
 func (p *program) goTo(l label) { p.jump(bpf.JumpEqual, 0, l, l) }
 
 // loadAt loads size bytes at offset X+off into A.
-func (p *program) loadAt(off uint32, size int) { p.emit(bpf.LoadIndirect{Off: off, Size: size}) }
+func (p *program) loadAt(off uint32, size int) {
+	if p.xZero {
+		p.emit(bpf.LoadAbsolute{Off: off, Size: size})
+		return
+	}
+	p.emit(bpf.LoadIndirect{Off: off, Size: size})
+}
 
 // advanceX adds the header length of the IPv4 header at X+off to X.
 func (p *program) advanceX(off uint32) {
+	p.loadAt(off, 1)
 	p.emit(
-		bpf.LoadIndirect{Off: off, Size: 1},
 		bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0x0f},
 		bpf.ALUOpConstant{Op: bpf.ALUOpShiftLeft, Val: 2},
 		bpf.ALUOpX{Op: bpf.ALUOpAdd},
@@ -230,13 +261,16 @@ func (p *program) outer(ip uint32) {
 	p.jump(bpf.JumpEqual, protoIPIP, ipip, next)
 	p.jump(bpf.JumpEqual, protoUDP, udp, reject)
 
-	// IPIP: the inner header follows the outer one.
+	// IPIP: the inner header follows the outer one. Only the tests above,
+	// with X zero, jump here and to udp.
 	p.place(ipip)
+	p.xZero = true
 	p.advanceX(ip)
 	p.flow(ip, reject)
 
 	// VXLAN: UDP to port 4789 carrying an Ethernet frame with IPv4 in it.
 	p.place(udp)
+	p.xZero = true
 	p.advanceX(ip)
 	p.loadAt(ip+2, 2)
 	p.jump(bpf.JumpEqual, VXLANPort, next, reject)
@@ -250,9 +284,11 @@ func (p *program) outer(ip uint32) {
 // clobbered.
 func (p *program) flow(ip uint32, fail label) {
 	if p.opts.DNS {
+		zero := p.xZero
 		p.emit(bpf.StoreScratch{Src: bpf.RegX, N: scratchHeaderBase})
 		p.dns(ip)
 		p.emit(bpf.LoadScratch{Dst: bpf.RegX, N: scratchHeaderBase})
+		p.xZero = zero // X is back to what it was, on every way
 	}
 	m := p.opts.Match
 	p.loadAt(ip+ipProto, 1)

@@ -296,3 +296,29 @@ func TestBuildErrors(t *testing.T) {
 		t.Errorf("50 ends, to the last: kept %d bytes, want %d", got, len(last))
 	}
 }
+
+// TestFilterLoadsTheOuterHeaderDirectly checks that the loads from the
+// outer IPv4 header, which every packet on the interface meets, are at
+// absolute offsets: the kernel reads those directly, where an X-relative
+// load calls a helper. Only the headers behind a variable IPv4 header
+// length need X.
+func TestFilterLoadsTheOuterHeaderDirectly(t *testing.T) {
+	for _, opts := range []Options{
+		{Match: trace.Match{Proto: trace.TCP, Ports: []uint16{80}, Ends: []netip.AddrPort{ap(svc, 80)}}, Snaplen: 128},
+		{Match: trace.Match{Proto: trace.UDP, Ports: []uint16{53}}, DNS: true, Snaplen: 128},
+		{Match: trace.Match{Proto: trace.ICMP, Addrs: []netip.Addr{pod}}, Snaplen: 128},
+	} {
+		insns, err := Build(layers.LinkTypeEthernet, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, insn := range insns {
+			if _, ok := insn.(bpf.TAX); ok {
+				break
+			}
+			if _, ok := insn.(bpf.LoadIndirect); ok {
+				t.Errorf("%s: instruction %d, before X is first set, is %v", opts.Match.Proto, i, insn)
+			}
+		}
+	}
+}
