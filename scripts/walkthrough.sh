@@ -205,7 +205,9 @@ w '## §5 Pod to pod on one node: routes and proxy ARP' ''
 w 'client and server run on k8s-w1. The pod'"'"'s default route goes to 169.254.1.1, an address nobody has:'
 w 'the host answers its ARP on the pod'"'"'s `cali*` veth with ee:ee:ee:ee:ee:ee (proxy ARP), routes the packet'
 w 'by the /32 route of the other pod'"'"'s veth, through the FORWARD chain and cali-FORWARD. The trace shows'
-w 'each veth, the proxy ARP reply, the route and the FORWARD rules, there and back.' ''
+w 'each veth, the proxy ARP reply, the route and the FORWARD rules, there and back. Each end of a pod'"'"'s veth'
+w 'is captured where packets enter it, as the other end sends them: the client'"'"'s ARP request and ping show'
+w 'on its `cali*` veth, the answers in its eth0; what the host sends the server shows in the server'"'"'s eth0.' ''
 flush client server node/k8s-w1
 block 'kubectl get pods client server -o wide' \
 	'nettrace-lab exec client -- ip route' \
