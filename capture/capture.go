@@ -345,6 +345,10 @@ func (c *Capture) handle(d *decode.Decoder, f frame, emit func(trace.Hop)) {
 		c.stats.Undecoded++
 	} else {
 		hop.Time, hop.Node, hop.Netns, hop.Iface = f.time, c.cfg.Node, c.cfg.Netns, c.cfg.Iface
+		hop.Way = trace.WayIn
+		if f.outgoing {
+			hop.Way = trace.WayOut
+		}
 		emit(hop)
 	}
 	if len(c.kept) >= c.cfg.MaxPackets {

@@ -97,10 +97,17 @@ func TestCaptureVethFilter(t *testing.T) {
 		if len(packets) != 5 {
 			t.Errorf("%s: %d packets, want the 5 of the flow: %+v", c.cfg.Iface, len(packets), hops)
 		}
+		wantWay := trace.WayIn
+		if c.outgoing {
+			wantWay = trace.WayOut
+		}
 		for _, h := range packets {
 			p := h.Packet
 			if p.Proto != trace.UDP || p.Src != addrA || p.SrcPort != 40001 || p.Dst != addrB || p.DstPort != 40001 || p.Outer != nil {
 				t.Errorf("%s: packet %+v is not the flow's", c.cfg.Iface, p)
+			}
+			if h.Way != wantWay {
+				t.Errorf("%s: flow packet seen %q, want %q", c.cfg.Iface, h.Way, wantWay)
 			}
 		}
 		var request, reply bool
@@ -157,8 +164,8 @@ func TestCaptureInbound(t *testing.T) {
 			t.Errorf("%s: %d packets, want the %d its peer sent: %+v", c.cfg.Iface, len(packets), c.count, packets)
 		}
 		for _, h := range packets {
-			if h.Packet.Src != c.from {
-				t.Errorf("%s: captured %+v, which it sent itself", c.cfg.Iface, h.Packet)
+			if h.Packet.Src != c.from || h.Way != trace.WayIn {
+				t.Errorf("%s: captured %+v, way %q, which it sent itself", c.cfg.Iface, h.Packet, h.Way)
 			}
 		}
 		for _, h := range byKind(c.rec.all(), trace.HopARP) {

@@ -84,6 +84,15 @@ const (
 	Reply   Direction = "reply"
 )
 
+// Way says whether a packet came in on an interface or went out of it.
+type Way string
+
+// The ways a capture sees a packet.
+const (
+	WayIn  Way = "in"
+	WayOut Way = "out"
+)
+
 // HopKind says what a hop is.
 type HopKind string
 
@@ -122,6 +131,9 @@ type Hop struct {
 	Direction Direction `json:"direction,omitempty"`
 	// Iface is the interface the hop happened on, when known.
 	Iface string `json:"iface,omitempty"`
+	// Way says whether a capture saw the packet come in on Iface (WayIn)
+	// or go out of it (WayOut).
+	Way Way `json:"way,omitempty"`
 	// Source names the event source: nflog, nftrace, conntrack, capture, fib or probe.
 	Source string  `json:"source"`
 	Packet *Packet `json:"packet,omitempty"`

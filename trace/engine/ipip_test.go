@@ -56,52 +56,52 @@ func startIPIP(t *testing.T, nodes ...*enginetest.Node) {
 // ipipPath is a connection from a pod on k8s-w1 to a pod on k8s-w2 through
 // the IPIP tunnel: the inner packet is seen on tunl0, the outer on each
 // eth0, encapsulated on one node and decapsulated on the other, both ways.
-const ipipPath = `[k8s-w1] default/client eth0 → ARP who-has 169.254.1.1 tell 172.16.1.10
-[k8s-w1] calia1b2c3d4e5f → ARP who-has 169.254.1.1 tell 172.16.1.10
-[k8s-w1] calia1b2c3d4e5f → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
-[k8s-w1] default/client eth0 → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
-[k8s-w1] default/client eth0 → tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 64
-[k8s-w1] calia1b2c3d4e5f → tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 64
+const ipipPath = `[k8s-w1] default/client eth0 out → ARP who-has 169.254.1.1 tell 172.16.1.10
+[k8s-w1] calia1b2c3d4e5f in → ARP who-has 169.254.1.1 tell 172.16.1.10
+[k8s-w1] calia1b2c3d4e5f out → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
+[k8s-w1] default/client eth0 in → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
+[k8s-w1] default/client eth0 out → tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 64
+[k8s-w1] calia1b2c3d4e5f in → tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 64
 [k8s-w1] route 172.16.2.0/24 via 192.168.10.102 dev tunl0 proto bird onlink (lookup)
 [k8s-w1] filter FORWARD #1 → cali-FORWARD #1 "from workload" ACCEPT
-[k8s-w1] tunl0 → tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 63
-[k8s-w1] eth0 → ARP who-has 192.168.10.102 tell 192.168.10.101
-[k8s-w2] eth0 → ARP who-has 192.168.10.102 tell 192.168.10.101
-[k8s-w2] eth0 → ARP 192.168.10.102 is-at 02:00:c0:a8:0a:66
-[k8s-w1] eth0 → ARP 192.168.10.102 is-at 02:00:c0:a8:0a:66
+[k8s-w1] tunl0 out → tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 63
+[k8s-w1] eth0 out → ARP who-has 192.168.10.102 tell 192.168.10.101
+[k8s-w2] eth0 in → ARP who-has 192.168.10.102 tell 192.168.10.101
+[k8s-w2] eth0 out → ARP 192.168.10.102 is-at 02:00:c0:a8:0a:66
+[k8s-w1] eth0 in → ARP 192.168.10.102 is-at 02:00:c0:a8:0a:66
 [k8s-w1] tunl0 IPIP 192.168.10.101 → 192.168.10.102 (sent wrapped on eth0)
-[k8s-w1] eth0 → ipip 192.168.10.101 > 192.168.10.102: tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 63
-[k8s-w2] eth0 → ipip 192.168.10.101 > 192.168.10.102: tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 63
+[k8s-w1] eth0 out → ipip 192.168.10.101 > 192.168.10.102: tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 63
+[k8s-w2] eth0 in → ipip 192.168.10.101 > 192.168.10.102: tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 63
 [k8s-w2] tunl0 IPIP decap 192.168.10.101 → 192.168.10.102 (received wrapped on eth0)
-[k8s-w2] tunl0 → tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 63
+[k8s-w2] tunl0 in → tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 63
 [k8s-w2] route 172.16.2.10 dev cali2b3c4d5e6f7 scope link (lookup)
 [k8s-w2] filter FORWARD #1 → cali-FORWARD #2 "to workload" ACCEPT
-[k8s-w2] cali2b3c4d5e6f7 → ARP who-has 172.16.2.10 tell 192.168.10.102
-[k8s-w2] default/server eth0 → ARP who-has 172.16.2.10 tell 192.168.10.102
-[k8s-w2] default/server eth0 → ARP 172.16.2.10 is-at 0a:58:ac:10:02:0a
-[k8s-w2] cali2b3c4d5e6f7 → ARP 172.16.2.10 is-at 0a:58:ac:10:02:0a
-[k8s-w2] cali2b3c4d5e6f7 → tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 62
-[k8s-w2] default/server eth0 → tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 62
+[k8s-w2] cali2b3c4d5e6f7 out → ARP who-has 172.16.2.10 tell 192.168.10.102
+[k8s-w2] default/server eth0 in → ARP who-has 172.16.2.10 tell 192.168.10.102
+[k8s-w2] default/server eth0 out → ARP 172.16.2.10 is-at 0a:58:ac:10:02:0a
+[k8s-w2] cali2b3c4d5e6f7 in → ARP 172.16.2.10 is-at 0a:58:ac:10:02:0a
+[k8s-w2] cali2b3c4d5e6f7 out → tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 62
+[k8s-w2] default/server eth0 in → tcp 172.16.1.10:PORT > 172.16.2.10:80 S ttl 62
 [k8s-w2] default/server eth0 → delivered
 reply
-[k8s-w2] default/server eth0 → ARP who-has 169.254.1.1 tell 172.16.2.10
-[k8s-w2] cali2b3c4d5e6f7 → ARP who-has 169.254.1.1 tell 172.16.2.10
-[k8s-w2] cali2b3c4d5e6f7 → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
-[k8s-w2] default/server eth0 → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
-[k8s-w2] default/server eth0 → tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 64
-[k8s-w2] cali2b3c4d5e6f7 → tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 64
+[k8s-w2] default/server eth0 out → ARP who-has 169.254.1.1 tell 172.16.2.10
+[k8s-w2] cali2b3c4d5e6f7 in → ARP who-has 169.254.1.1 tell 172.16.2.10
+[k8s-w2] cali2b3c4d5e6f7 out → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
+[k8s-w2] default/server eth0 in → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
+[k8s-w2] default/server eth0 out → tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 64
+[k8s-w2] cali2b3c4d5e6f7 in → tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 64
 [k8s-w2] route 172.16.1.0/24 via 192.168.10.101 dev tunl0 proto bird onlink (lookup)
 [k8s-w2] filter FORWARD #1 → cali-FORWARD #1 "from workload" ACCEPT
-[k8s-w2] tunl0 → tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 63
+[k8s-w2] tunl0 out → tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 63
 [k8s-w2] tunl0 IPIP 192.168.10.102 → 192.168.10.101 (sent wrapped on eth0)
-[k8s-w2] eth0 → ipip 192.168.10.102 > 192.168.10.101: tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 63
-[k8s-w1] eth0 → ipip 192.168.10.102 > 192.168.10.101: tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 63
+[k8s-w2] eth0 out → ipip 192.168.10.102 > 192.168.10.101: tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 63
+[k8s-w1] eth0 in → ipip 192.168.10.102 > 192.168.10.101: tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 63
 [k8s-w1] tunl0 IPIP decap 192.168.10.102 → 192.168.10.101 (received wrapped on eth0)
-[k8s-w1] tunl0 → tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 63
+[k8s-w1] tunl0 in → tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 63
 [k8s-w1] route 172.16.1.10 dev calia1b2c3d4e5f scope link (lookup)
 [k8s-w1] filter FORWARD #1 → cali-FORWARD #2 "to workload" ACCEPT
-[k8s-w1] calia1b2c3d4e5f → tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 62
-[k8s-w1] default/client eth0 → tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 62
+[k8s-w1] calia1b2c3d4e5f out → tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 62
+[k8s-w1] default/client eth0 in → tcp 172.16.2.10:80 > 172.16.1.10:PORT S. ttl 62
 verdict: replied: SYN-ACK
 `
 

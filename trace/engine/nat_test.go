@@ -81,19 +81,19 @@ func natTable(t *testing.T, p trace.Path) string {
 // the cluster: the node masquerades it with a random source port on its
 // way out of eth0, and undoes that on the SYN-ACK, which is seen from the
 // moment it reaches eth0.
-const masqueradedPath = clientARP + `[k8s-w1] calia1b2c3d4e5f → tcp 172.16.1.10:PORT > 203.0.113.10:80 S ttl 64
+const masqueradedPath = clientARP + `[k8s-w1] calia1b2c3d4e5f in → tcp 172.16.1.10:PORT > 203.0.113.10:80 S ttl 64
 [k8s-w1] nat PREROUTING policy ACCEPT
 [k8s-w1] route default via 192.168.10.1 dev eth0 (lookup)
 [k8s-w1] filter FORWARD #1 → cali-FORWARD #1 "from workload" ACCEPT
 [k8s-w1] nat POSTROUTING #1 → cali-nat-outgoing #1 MASQUERADE 172.16.1.10:PORT → 192.168.10.101:NATPORT
-[k8s-w1] eth0 → ARP who-has 192.168.10.1 tell 192.168.10.101
-[k8s-w1] eth0 → ARP 192.168.10.1 is-at 02:00:c0:a8:0a:01
-[k8s-w1] eth0 → tcp 192.168.10.101:NATPORT > 203.0.113.10:80 S ttl 63
+[k8s-w1] eth0 out → ARP who-has 192.168.10.1 tell 192.168.10.101
+[k8s-w1] eth0 in → ARP 192.168.10.1 is-at 02:00:c0:a8:0a:01
+[k8s-w1] eth0 out → tcp 192.168.10.101:NATPORT > 203.0.113.10:80 S ttl 63
 reply
-[k8s-w1] eth0 → tcp 203.0.113.10:80 > 192.168.10.101:NATPORT S. ttl 64
+[k8s-w1] eth0 in → tcp 203.0.113.10:80 > 192.168.10.101:NATPORT S. ttl 64
 [k8s-w1] route 172.16.1.10 dev calia1b2c3d4e5f scope link (lookup)
 [k8s-w1] filter FORWARD #1 → cali-FORWARD #2 "to workload" ACCEPT
-[k8s-w1] pod 172.16.1.10 eth0 → tcp 203.0.113.10:80 > 172.16.1.10:PORT S. ttl 63
+[k8s-w1] pod 172.16.1.10 eth0 in → tcp 203.0.113.10:80 > 172.16.1.10:PORT S. ttl 63
 verdict: replied: SYN-ACK
 `
 
@@ -133,18 +133,18 @@ func TestTraceMasquerade(t *testing.T) {
 // whose endpoint listens on 8080: the DNAT changes the port the trace
 // waited on, and the packets to and from 8080 are seen all the same. The
 // ARP caches hold what an earlier connection resolved.
-var targetPortPath = `[k8s-w1] calia1b2c3d4e5f → tcp 172.16.1.10:PORT > 10.96.0.100:80 S ttl 64
+var targetPortPath = `[k8s-w1] calia1b2c3d4e5f in → tcp 172.16.1.10:PORT > 10.96.0.100:80 S ttl 64
 [k8s-w1] nat PREROUTING #1 "kubernetes service portals" → KUBE-SERVICES #1 "default/web cluster IP" → KUBE-SVC-2VLBFIULZRMG6NS3 #2 "default/web -> 172.16.1.11:8080" → KUBE-SEP-TOJ6KBVFMXNEZ7KU #2 "default/web" DNAT 10.96.0.100:80 → 172.16.1.11:8080
 [k8s-w1] route 172.16.1.11 dev cali0f1e2d3c4b5 scope link (lookup)
 [k8s-w1] filter FORWARD #1 → cali-FORWARD #3 "from workload" ACCEPT
 [k8s-w1] nat POSTROUTING #1 "kubernetes postrouting rules" → KUBE-POSTROUTING #1 RETURN → POSTROUTING policy ACCEPT
-[k8s-w1] pod 172.16.1.11 eth0 → tcp 172.16.1.10:PORT > 172.16.1.11:8080 S ttl 63
+[k8s-w1] pod 172.16.1.11 eth0 in → tcp 172.16.1.10:PORT > 172.16.1.11:8080 S ttl 63
 [k8s-w1] pod 172.16.1.11 eth0 → delivered
 reply
-[k8s-w1] cali0f1e2d3c4b5 → tcp 172.16.1.11:8080 > 172.16.1.10:PORT S. ttl 64
+[k8s-w1] cali0f1e2d3c4b5 in → tcp 172.16.1.11:8080 > 172.16.1.10:PORT S. ttl 64
 [k8s-w1] route 172.16.1.10 dev calia1b2c3d4e5f scope link (lookup)
 [k8s-w1] filter FORWARD #1 → cali-FORWARD #3 "from workload" ACCEPT
-[k8s-w1] pod 172.16.1.10 eth0 → tcp 10.96.0.100:80 > 172.16.1.10:PORT S. ttl 63
+[k8s-w1] pod 172.16.1.10 eth0 in → tcp 10.96.0.100:80 > 172.16.1.10:PORT S. ttl 63
 `
 
 // TestTraceLiveToTargetPort traces live traffic to a ClusterIP whose
@@ -184,32 +184,32 @@ func TestTraceLiveToTargetPort(t *testing.T) {
 // nodePortRequest is the request of a UDP probe from the client to the
 // node port of its own node: kube-proxy's rules DNAT it to the server pod
 // and masquerade it with a random source port.
-const nodePortRequest = clientARP + `[k8s-w1] calia1b2c3d4e5f → udp 172.16.1.10:PORT > 192.168.10.101:30053 ttl 64
+const nodePortRequest = clientARP + `[k8s-w1] calia1b2c3d4e5f in → udp 172.16.1.10:PORT > 192.168.10.101:30053 ttl 64
 [k8s-w1] nat PREROUTING #1 "kubernetes service portals" → KUBE-SERVICES #1 "kubernetes service nodeports" → KUBE-NODEPORTS #1 "default/echo" → KUBE-EXT-ECHO #1 "masquerade traffic for default/echo external destinations" → KUBE-MARK-MASQ #1 MARK → KUBE-MARK-MASQ return → KUBE-EXT-ECHO #2 → KUBE-SVC-ECHO #1 "default/echo -> 172.16.1.11:8053" → KUBE-SEP-ECHO #1 "default/echo" DNAT 192.168.10.101:30053 → 172.16.1.11:8053
 [k8s-w1] route 172.16.1.11 dev cali0f1e2d3c4b5 scope link (lookup)
 [k8s-w1] filter FORWARD #1 → cali-FORWARD #1 "from workload" ACCEPT
 [k8s-w1] nat POSTROUTING #1 "kubernetes postrouting rules" → KUBE-POSTROUTING #2 MARK → KUBE-POSTROUTING #3 "kubernetes service traffic requiring SNAT" MASQUERADE 172.16.1.10:PORT → 192.168.10.101:NATPORT
-[k8s-w1] pod 172.16.1.11 eth0 → ARP who-has 172.16.1.11 tell 192.168.10.101
-[k8s-w1] cali0f1e2d3c4b5 → ARP 172.16.1.11 is-at 0a:58:ac:10:01:0b
+[k8s-w1] pod 172.16.1.11 eth0 in → ARP who-has 172.16.1.11 tell 192.168.10.101
+[k8s-w1] cali0f1e2d3c4b5 in → ARP 172.16.1.11 is-at 0a:58:ac:10:01:0b
 `
 
 // nodePortPostNAT is the request as the server's veth sees it after both
 // rewrites, delivered: the trace armed with the endpoint that the node's
 // rules DNAT the node port to, so it selects the rewritten request although
 // its new source port is random.
-const nodePortPostNAT = "[k8s-w1] pod 172.16.1.11 eth0 → udp 192.168.10.101:NATPORT > 172.16.1.11:8053 ttl 63\n" +
+const nodePortPostNAT = "[k8s-w1] pod 172.16.1.11 eth0 in → udp 192.168.10.101:NATPORT > 172.16.1.11:8053 ttl 63\n" +
 	"[k8s-w1] pod 172.16.1.11 eth0 → delivered\n"
 
 // nodePortReply is the server's answer, a second later: by then the
 // session follows the new port, and the reply is seen from the server's
 // veth through the rules and the undone rewrites to the client.
 const nodePortReply = `reply
-[k8s-w1] cali0f1e2d3c4b5 → ARP who-has 169.254.1.1 tell 172.16.1.11
-[k8s-w1] pod 172.16.1.11 eth0 → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
-[k8s-w1] cali0f1e2d3c4b5 → udp 172.16.1.11:8053 > 192.168.10.101:NATPORT ttl 64
+[k8s-w1] cali0f1e2d3c4b5 in → ARP who-has 169.254.1.1 tell 172.16.1.11
+[k8s-w1] pod 172.16.1.11 eth0 in → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
+[k8s-w1] cali0f1e2d3c4b5 in → udp 172.16.1.11:8053 > 192.168.10.101:NATPORT ttl 64
 [k8s-w1] route 172.16.1.10 dev calia1b2c3d4e5f scope link (lookup)
 [k8s-w1] filter FORWARD #1 → cali-FORWARD #1 "from workload" ACCEPT
-[k8s-w1] pod 172.16.1.10 eth0 → udp 192.168.10.101:30053 > 172.16.1.10:PORT ttl 63
+[k8s-w1] pod 172.16.1.10 eth0 in → udp 192.168.10.101:30053 > 172.16.1.10:PORT ttl 63
 verdict: replied: UDP reply of 22 bytes
 `
 

@@ -109,8 +109,8 @@ func traceLive(t *testing.T, c *enginetest.Cluster, flow trace.Flow, dst string)
 // clientARP is the client resolving its gateway, 169.254.1.1, which the
 // node answers by proxy ARP. Both ends of the client's veth are captured
 // inbound only: the request shows on the host's end, the reply on the pod's.
-const clientARP = `[k8s-w1] calia1b2c3d4e5f → ARP who-has 169.254.1.1 tell 172.16.1.10
-[k8s-w1] pod 172.16.1.10 eth0 → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
+const clientARP = `[k8s-w1] calia1b2c3d4e5f in → ARP who-has 169.254.1.1 tell 172.16.1.10
+[k8s-w1] pod 172.16.1.10 eth0 in → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
 `
 
 // clusterIPPath is a connection from the client to the service: kube-proxy's
@@ -118,45 +118,45 @@ const clientARP = `[k8s-w1] calia1b2c3d4e5f → ARP who-has 169.254.1.1 tell 172
 // rule accepts, the server's namespace (watched as the DNAT's destination
 // on this node) shows the delivery, and the SYN-ACK comes back with the
 // DNAT undone.
-const clusterIPPath = clientARP + `[k8s-w1] calia1b2c3d4e5f → tcp 172.16.1.10:PORT > 10.96.0.100:80 S ttl 64
+const clusterIPPath = clientARP + `[k8s-w1] calia1b2c3d4e5f in → tcp 172.16.1.10:PORT > 10.96.0.100:80 S ttl 64
 [k8s-w1] nat PREROUTING #1 "kubernetes service portals" → KUBE-SERVICES #1 "default/web cluster IP" → KUBE-SVC-2VLBFIULZRMG6NS3 #2 "default/web -> 172.16.1.11:80" → KUBE-SEP-TOJ6KBVFMXNEZ7KU #2 "default/web" DNAT 10.96.0.100:80 → 172.16.1.11:80
 [k8s-w1] route 172.16.1.11 dev cali0f1e2d3c4b5 scope link (lookup)
 [k8s-w1] filter FORWARD #1 → cali-FORWARD #3 "from workload" ACCEPT
 [k8s-w1] nat POSTROUTING #1 "kubernetes postrouting rules" → KUBE-POSTROUTING #1 RETURN → POSTROUTING policy ACCEPT
-[k8s-w1] pod 172.16.1.11 eth0 → ARP who-has 172.16.1.11 tell 192.168.10.101
-[k8s-w1] cali0f1e2d3c4b5 → ARP 172.16.1.11 is-at 0a:58:ac:10:01:0b
-[k8s-w1] pod 172.16.1.11 eth0 → tcp 172.16.1.10:PORT > 172.16.1.11:80 S ttl 63
+[k8s-w1] pod 172.16.1.11 eth0 in → ARP who-has 172.16.1.11 tell 192.168.10.101
+[k8s-w1] cali0f1e2d3c4b5 in → ARP 172.16.1.11 is-at 0a:58:ac:10:01:0b
+[k8s-w1] pod 172.16.1.11 eth0 in → tcp 172.16.1.10:PORT > 172.16.1.11:80 S ttl 63
 [k8s-w1] pod 172.16.1.11 eth0 → delivered
 reply
-[k8s-w1] cali0f1e2d3c4b5 → ARP who-has 169.254.1.1 tell 172.16.1.11
-[k8s-w1] pod 172.16.1.11 eth0 → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
-[k8s-w1] cali0f1e2d3c4b5 → tcp 172.16.1.11:80 > 172.16.1.10:PORT S. ttl 64
+[k8s-w1] cali0f1e2d3c4b5 in → ARP who-has 169.254.1.1 tell 172.16.1.11
+[k8s-w1] pod 172.16.1.11 eth0 in → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
+[k8s-w1] cali0f1e2d3c4b5 in → tcp 172.16.1.11:80 > 172.16.1.10:PORT S. ttl 64
 [k8s-w1] route 172.16.1.10 dev calia1b2c3d4e5f scope link (lookup)
 [k8s-w1] filter FORWARD #1 → cali-FORWARD #3 "from workload" ACCEPT
-[k8s-w1] pod 172.16.1.10 eth0 → tcp 10.96.0.100:80 > 172.16.1.10:PORT S. ttl 63
+[k8s-w1] pod 172.16.1.10 eth0 in → tcp 10.96.0.100:80 > 172.16.1.10:PORT S. ttl 63
 `
 
 // reversePath is a connection the other way, from the server to the
 // client pod's own address: no NAT, and the client's namespace, watched as
 // the destination's, shows the delivery.
-const reversePath = `[k8s-w1] cali0f1e2d3c4b5 → ARP who-has 169.254.1.1 tell 172.16.1.11
-[k8s-w1] pod 172.16.1.11 eth0 → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
-[k8s-w1] cali0f1e2d3c4b5 → tcp 172.16.1.11:PORT > 172.16.1.10:80 S ttl 64
+const reversePath = `[k8s-w1] cali0f1e2d3c4b5 in → ARP who-has 169.254.1.1 tell 172.16.1.11
+[k8s-w1] pod 172.16.1.11 eth0 in → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
+[k8s-w1] cali0f1e2d3c4b5 in → tcp 172.16.1.11:PORT > 172.16.1.10:80 S ttl 64
 [k8s-w1] nat PREROUTING #1 "kubernetes service portals" → KUBE-SERVICES return → PREROUTING policy ACCEPT
 [k8s-w1] route 172.16.1.10 dev calia1b2c3d4e5f scope link (lookup)
 [k8s-w1] filter FORWARD #1 → cali-FORWARD #3 "from workload" ACCEPT
 [k8s-w1] nat POSTROUTING #1 "kubernetes postrouting rules" → KUBE-POSTROUTING #1 RETURN → POSTROUTING policy ACCEPT
-[k8s-w1] pod 172.16.1.10 eth0 → ARP who-has 172.16.1.10 tell 192.168.10.101
-[k8s-w1] calia1b2c3d4e5f → ARP 172.16.1.10 is-at 0a:58:ac:10:01:0a
-[k8s-w1] pod 172.16.1.10 eth0 → tcp 172.16.1.11:PORT > 172.16.1.10:80 S ttl 63
+[k8s-w1] pod 172.16.1.10 eth0 in → ARP who-has 172.16.1.10 tell 192.168.10.101
+[k8s-w1] calia1b2c3d4e5f in → ARP 172.16.1.10 is-at 0a:58:ac:10:01:0a
+[k8s-w1] pod 172.16.1.10 eth0 in → tcp 172.16.1.11:PORT > 172.16.1.10:80 S ttl 63
 [k8s-w1] pod 172.16.1.10 eth0 → delivered
 reply
-[k8s-w1] calia1b2c3d4e5f → ARP who-has 169.254.1.1 tell 172.16.1.10
-[k8s-w1] pod 172.16.1.10 eth0 → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
-[k8s-w1] calia1b2c3d4e5f → tcp 172.16.1.10:80 > 172.16.1.11:PORT S. ttl 64
+[k8s-w1] calia1b2c3d4e5f in → ARP who-has 169.254.1.1 tell 172.16.1.10
+[k8s-w1] pod 172.16.1.10 eth0 in → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)
+[k8s-w1] calia1b2c3d4e5f in → tcp 172.16.1.10:80 > 172.16.1.11:PORT S. ttl 64
 [k8s-w1] route 172.16.1.11 dev cali0f1e2d3c4b5 scope link (lookup)
 [k8s-w1] filter FORWARD #1 → cali-FORWARD #3 "from workload" ACCEPT
-[k8s-w1] pod 172.16.1.11 eth0 → tcp 172.16.1.10:80 > 172.16.1.11:PORT S. ttl 63
+[k8s-w1] pod 172.16.1.11 eth0 in → tcp 172.16.1.10:80 > 172.16.1.11:PORT S. ttl 63
 verdict: replied: SYN-ACK
 `
 
@@ -209,7 +209,7 @@ func TestTrace(t *testing.T) {
 // blockedPath is the client's SYN to the server's port up to the rule in
 // cali-FORWARD that stops it.
 func blockedPath(port, rule string) string {
-	return clientARP + `[k8s-w1] calia1b2c3d4e5f → tcp 172.16.1.10:PORT > 172.16.1.11:` + port + ` S ttl 64
+	return clientARP + `[k8s-w1] calia1b2c3d4e5f in → tcp 172.16.1.10:PORT > 172.16.1.11:` + port + ` S ttl 64
 [k8s-w1] nat PREROUTING #1 "kubernetes service portals" → KUBE-SERVICES return → PREROUTING policy ACCEPT
 [k8s-w1] route 172.16.1.11 dev cali0f1e2d3c4b5 scope link (lookup)
 [k8s-w1] filter FORWARD #1 → ` + rule + "\n"
@@ -221,7 +221,7 @@ var rejectedPath = blockedPath("81", `cali-FORWARD #1 "policy default/deny-81" R
 [k8s-w1] filter OUTPUT policy ACCEPT
 [k8s-w1] route 172.16.1.10 dev calia1b2c3d4e5f scope link (lookup)
 [k8s-w1] nat POSTROUTING #1 "kubernetes postrouting rules" → KUBE-POSTROUTING #1 RETURN → POSTROUTING policy ACCEPT
-[k8s-w1] pod 172.16.1.10 eth0 → tcp 172.16.1.11:81 > 172.16.1.10:PORT R. ttl 64
+[k8s-w1] pod 172.16.1.10 eth0 in → tcp 172.16.1.11:81 > 172.16.1.10:PORT R. ttl 64
 verdict: dropped at [k8s-w1] filter cali-FORWARD #1 REJECT: policy default/deny-81
 `
 

@@ -139,7 +139,7 @@ func describe(hops []trace.Hop) line {
 			add(h.Note, styleAccept)
 		}
 	default:
-		add(place(h)+" → ", plain)
+		add(strings.TrimSpace(place(h)+" "+string(h.Way))+" → ", plain)
 		add(observed(h), plain)
 		if h.Kind == trace.HopDrop {
 			l.segs[len(l.segs)-1].style = styleDrop

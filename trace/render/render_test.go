@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -135,6 +136,22 @@ func TestTableLines(t *testing.T) {
 		if last := got[len(got)-2]; !strings.HasPrefix(last, "verdict: ") {
 			t.Errorf("%s: last line %q, want the verdict", tt.fixture, last)
 		}
+	}
+}
+
+// TestTableLinesSayTheWay checks that a capture's way, when the capture
+// told it, follows the interface.
+func TestTableLinesSayTheWay(t *testing.T) {
+	p := fixtures(t)["same-node-proxy-arp"]
+	p.Hops = slices.Clone(p.Hops)
+	for i, h := range p.Hops {
+		if h.Kind == trace.HopARP && h.Netns == "default/client" && h.ARP.Op == "reply" {
+			p.Hops[i].Way = trace.WayIn
+		}
+	}
+	want := "[k8s-w1] default/client eth0 in → ARP 169.254.1.1 is-at ee:ee:ee:ee:ee:ee (proxy ARP)"
+	if got := string(render(t, p, Table, Options{})); !strings.Contains(got, want+"\n") {
+		t.Errorf("no line\n%s\nin\n%s", want, got)
 	}
 }
 
