@@ -27,8 +27,9 @@ const multiportMax = 15
 // legacyArmScript returns the iptables-restore input that arms a session:
 // its own chain in the raw table, reached by one jump rule at the top of
 // PREROUTING and OUTPUT that carries the session tag and selects the
-// traced protocol, holding a rate-limited TRACE rule for each selector of
-// the match (legacyTraceRules).
+// traced protocol, holding first the skip rule (legacySkip), then a
+// rate-limited TRACE rule for each selector of the match
+// (legacyTraceRules).
 func legacyArmScript(s Session, m trace.Match, rate, burst int) string {
 	chain := s.legacyChain()
 	var sb strings.Builder
@@ -37,15 +38,64 @@ func legacyArmScript(s Session, m trace.Match, rate, burst int) string {
 	for _, hook := range legacyHooks {
 		fmt.Fprintf(&sb, "-I %s 1 -p %s -m comment --comment %s -j %s\n", hook, m.Proto, s.Tag(), chain)
 	}
+	if skip := legacySkip(m); skip != "" {
+		fmt.Fprintf(&sb, "-A %s %s\n", chain, skip)
+	}
 	sb.WriteString(legacyTraceRules(chain, m, rate, burst))
 	sb.WriteString("COMMIT\n")
 	return sb.String()
 }
 
-// legacyWidenScript returns the iptables-restore input that adds to a
-// session's chain the TRACE rules of what added selects.
-func legacyWidenScript(s Session, added trace.Match, rate, burst int) string {
-	return "*raw\n" + legacyTraceRules(s.legacyChain(), added, rate, burst) + "COMMIT\n"
+// legacySkip returns the first rule of a session's chain, without the
+// chain: a RETURN for the TCP or UDP packets with neither port among
+// those the match names (its ports and those of its ends), which then
+// meet no other rule of the chain. It returns "" when the match selects
+// by address alone (ICMP, or an end without a port), or names no port,
+// or more than one multiport match takes.
+func legacySkip(m trace.Match) string {
+	if m.Proto == trace.ICMP {
+		return ""
+	}
+	ports := slices.Clone(m.Ports)
+	for _, e := range m.Ends {
+		if e.Port() == 0 {
+			return ""
+		}
+		ports = append(ports, e.Port())
+	}
+	slices.Sort(ports)
+	ports = slices.Compact(ports)
+	if len(ports) == 0 || len(ports) > multiportMax {
+		return ""
+	}
+	list := make([]string, len(ports))
+	for i, p := range ports {
+		list[i] = strconv.Itoa(int(p))
+	}
+	return fmt.Sprintf("-p %s -m multiport ! --ports %s -j RETURN", m.Proto, strings.Join(list, ","))
+}
+
+// legacyWidenScript returns the iptables-restore input that widens a
+// session's chain from match from to match to: the skip rule replaced,
+// added or deleted as to needs, and the TRACE rules of what to adds.
+func legacyWidenScript(s Session, from, to trace.Match, rate, burst int) string {
+	chain := s.legacyChain()
+	var sb strings.Builder
+	sb.WriteString("*raw\n")
+	switch before, after := legacySkip(from), legacySkip(to); {
+	case before == after:
+	case after == "":
+		fmt.Fprintf(&sb, "-D %s 1\n", chain)
+	case before == "":
+		// from named no port and no address-only end: no rule of the chain
+		// needs to come first.
+		fmt.Fprintf(&sb, "-I %s 1 %s\n", chain, after)
+	default:
+		fmt.Fprintf(&sb, "-R %s 1 %s\n", chain, after)
+	}
+	sb.WriteString(legacyTraceRules(chain, lacking(from, to), rate, burst))
+	sb.WriteString("COMMIT\n")
+	return sb.String()
 }
 
 // legacyTraceRules returns the rules of a session's chain that TRACE what m

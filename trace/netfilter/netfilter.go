@@ -333,7 +333,7 @@ func (t *Tracer) Widen(m trace.Match) error {
 		}
 	case t.armed.legacy:
 		if added := lacking(*from, m); len(added.Ports)+len(added.Ends)+len(added.Addrs) > 0 {
-			script := legacyWidenScript(t.session, added, t.opts.Rate, t.opts.Burst)
+			script := legacyWidenScript(t.session, *from, m, t.opts.Rate, t.opts.Burst)
 			if _, err := t.netns.run(script, legacyRestore[0], legacyRestore[1:]...); err != nil {
 				return fmt.Errorf("widening the legacy TRACE rules: %w", err)
 			}

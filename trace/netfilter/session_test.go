@@ -64,6 +64,7 @@ func TestLegacyArmScript(t *testing.T) {
 :NETTRACE-0a1b2c3d - [0:0]
 -I PREROUTING 1 -p tcp -m comment --comment nettrace:0a1b2c3d:1700000000:4242 -j NETTRACE-0a1b2c3d
 -I OUTPUT 1 -p tcp -m comment --comment nettrace:0a1b2c3d:1700000000:4242 -j NETTRACE-0a1b2c3d
+-A NETTRACE-0a1b2c3d -p tcp -m multiport ! --ports 40001 -j RETURN
 -A NETTRACE-0a1b2c3d -p tcp -m multiport --ports 40001 -m limit --limit 100/second --limit-burst 200 -j TRACE
 COMMIT
 `
@@ -94,8 +95,10 @@ func TestLegacyWidenScript(t *testing.T) {
 	from := trace.Match{Proto: trace.UDP, Ports: ports[:1]}
 	to := trace.Match{Proto: trace.UDP, Ports: ports,
 		Ends: []netip.AddrPort{netip.MustParseAddrPort("172.16.2.7:8080"), netip.MustParseAddrPort("192.168.10.102:0")}}
-	got := legacyWidenScript(testSession, lacking(from, to), 100, 200)
+	got := legacyWidenScript(testSession, from, to, 100, 200)
+	// 16 ports, and an end without a port, leave no skip rule: it goes.
 	want := `*raw
+-D NETTRACE-0a1b2c3d 1
 -A NETTRACE-0a1b2c3d -p udp -m multiport --ports 40002,40003,40004,40005,40006,40007,40008,40009,40010,40011,40012,40013,40014,40015,40016 -m limit --limit 100/second --limit-burst 200 -j TRACE
 -A NETTRACE-0a1b2c3d -s 172.16.2.7/32 -p udp -m udp --sport 8080 -m limit --limit 100/second --limit-burst 200 -j TRACE
 -A NETTRACE-0a1b2c3d -d 172.16.2.7/32 -p udp -m udp --dport 8080 -m limit --limit 100/second --limit-burst 200 -j TRACE
@@ -105,6 +108,18 @@ COMMIT
 `
 	if got != want {
 		t.Errorf("widen script:\n%s\nwant:\n%s", got, want)
+	}
+	// A new end's port joins the skip rule, which is replaced.
+	withEnd := trace.Match{Proto: trace.UDP, Ports: ports[:1], Ends: []netip.AddrPort{netip.MustParseAddrPort("172.16.2.7:8080")}}
+	got = legacyWidenScript(testSession, from, withEnd, 100, 200)
+	want = `*raw
+-R NETTRACE-0a1b2c3d 1 -p udp -m multiport ! --ports 8080,40001 -j RETURN
+-A NETTRACE-0a1b2c3d -s 172.16.2.7/32 -p udp -m udp --sport 8080 -m limit --limit 100/second --limit-burst 200 -j TRACE
+-A NETTRACE-0a1b2c3d -d 172.16.2.7/32 -p udp -m udp --dport 8080 -m limit --limit 100/second --limit-burst 200 -j TRACE
+COMMIT
+`
+	if got != want {
+		t.Errorf("widen script with an end:\n%s\nwant:\n%s", got, want)
 	}
 	// 16 new ports take two multiport rules.
 	if got := legacyTraceRules("C", trace.Match{Proto: trace.TCP, Ports: append(ports, 1)}, 1, 1); strings.Count(got, "-m multiport") != 2 {
