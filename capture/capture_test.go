@@ -149,6 +149,8 @@ func TestCaptureInbound(t *testing.T) {
 	capB, recB := startCapture(t, b, cfgB)
 	sendUDP(t, a, netip.AddrPortFrom(addrA, 40002), netip.AddrPortFrom(addrB, 40001), 3, []byte("a to b"))
 	sendUDP(t, b, netip.AddrPortFrom(addrB, 40002), netip.AddrPortFrom(addrA, 40001), 2, []byte("b to a"))
+	recA.awaitPackets(2)
+	recB.awaitPackets(3)
 	closeCapture(t, capA)
 	closeCapture(t, capB)
 

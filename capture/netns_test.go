@@ -95,6 +95,23 @@ func (r *recorder) all() []trace.Hop {
 	return append([]trace.Hop(nil), r.hops...)
 }
 
+// awaitPackets waits, at most five seconds, until r holds n packets of
+// the flow: a packet sent on one end of a veth reaches the other end's
+// capture a moment later, through the receiving CPU's backlog.
+func (r *recorder) awaitPackets(n int) {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		seen := 0
+		for _, h := range r.all() {
+			if h.Kind == trace.HopInterface {
+				seen++
+			}
+		}
+		if seen >= n {
+			return
+		}
+	}
+}
+
 // startCapture opens and arms a capture inside n; it is closed at the end
 // of the test if the test does not close it first.
 func startCapture(t *testing.T, n netns, cfg Config) (*Capture, *recorder) {

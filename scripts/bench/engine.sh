@@ -3,7 +3,9 @@
 # root, iperf3 and jq). A node namespace gets two pods wired as Calico wires
 # them and kube-proxy's rules for the ClusterIP 10.96.0.100:80, whose endpoint
 # is pod B (trace/engine/enginetest/node.rules, loaded with
-# iptables-$BACKEND-restore, legacy by default). Then:
+# iptables-$BACKEND-restore, legacy by default; with RAW=1 also a raw table
+# as Calico's, whose chain does nothing here, so that the legacy tracer uses
+# its TRACE chain instead of the nft marker). Then:
 #
 #   (a) time to answer: the wall time of `node` probing pod A -> 10.96.0.100:80,
 #       from the command's start to its exit, median of RUNS runs (goal < 300 ms);
@@ -25,6 +27,7 @@ cd "$(dirname "$0")/../.."
 runs=${1:-15}
 seconds=${2:-2}
 backend=${BACKEND:-legacy}
+raw=${RAW:-0}
 rounds=${ROUNDS:-16}
 flood_pps=100000
 flood_size=64
@@ -79,6 +82,15 @@ pod() {
 pod "$pod_a" 172.16.1.10 calia1b2c3d4e5f
 pod "$pod_b" 172.16.1.11 cali0f1e2d3c4b5
 ip netns exec "$node" "iptables-$backend-restore" <trace/engine/enginetest/node.rules
+if ((raw)); then
+	ip netns exec "$node" "iptables-$backend-restore" --noflush <<-EOF
+		*raw
+		:cali-PREROUTING - [0:0]
+		-A PREROUTING -m comment --comment "cali:6gwbT8clXdHdC1b1" -j cali-PREROUTING
+		-A cali-PREROUTING -m comment --comment "cali:failsafe" -p tcp --dport 179 -j ACCEPT
+		COMMIT
+	EOF
+fi
 
 # Pod B serves the service's port 80 and the iperf3 load on 5201 and 5203. The load's
 # client and server run on CPUs of their own, when there are two.
@@ -231,7 +243,7 @@ wait "${floods[@]}"
 flood_rate=$(jq -s 'map(.end.sum.packets / .end.sum.seconds) | add | floor' "$work"/flood-*.json)
 
 cat <<EOF
-engine benchmark: backend $backend, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)
+engine benchmark: backend $backend$( ((raw)) && echo " with a raw table"), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)
 (a) time to answer, probe pod -> ClusterIP: median $(median <"$work/times") ms over $runs runs (min $(sort -n "$work/times" | head -1), max $(sort -n "$work/times" | tail -1)); goal < 300 ms
 (b) untraced TCP pod -> pod through the node, ${seconds}s runs in $rounds pairs (ABBA), client and server pinned:
       without a trace   median $(median <"$work/throughput.untraced" | awk '{printf "%.0f", $1 / 1e6}') Mbit/s  (runs: $(awk '{printf "%.0f ", $1 / 1e6}' "$work/throughput.untraced"))
