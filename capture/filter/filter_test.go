@@ -67,6 +67,11 @@ func TestFilterTCPUDP(t *testing.T) {
 	unreachable := testpackets.ICMPError(nodeA, pod, 3, 3, request)
 	unreachableOther := testpackets.ICMPError(nodeA, pod, 3, 3, unrelated)
 	echo := testpackets.ICMPEcho(pod, svc, 40001, 1)
+	withOptions := testpackets.UDPWithIPOptions(ap(pod, 40002), ap(svc, 8053), payload)
+	if ihl := withOptions[0] & 0x0f; ihl != 6 {
+		t.Fatalf("the packet with IPv4 options has a header of %d words, want 6", ihl)
+	}
+	end := Options{Match: trace.Match{Proto: trace.UDP, Ends: []netip.AddrPort{ap(svc, 8053)}}, Snaplen: 64}
 
 	tests := []struct {
 		name   string
@@ -89,6 +94,13 @@ func TestFilterTCPUDP(t *testing.T) {
 		{"other udp over vxlan", udp, testpackets.VXLAN(nodeA, nodeB, 4096, unrelated), false},
 		{"dns not asked", udp, testpackets.DNSQuery(ap(pod, 33333), ap(svc, 53), 7, "x."), false},
 		{"any port", Options{Match: trace.Match{Proto: trace.UDP}}, unrelated, true},
+		{"udp request with ip options", udp, testpackets.UDPWithIPOptions(ap(pod, 40001), ap(svc, 53), payload), true},
+		{"udp reply with ip options", udp, testpackets.UDPWithIPOptions(ap(svc, 53), ap(pod, 40001), payload), true},
+		{"other udp with ip options", udp, testpackets.UDPWithIPOptions(ap(pod, 40002), ap(svc, 53), payload), false},
+		{"end with ip options", end, withOptions, true},
+		{"other end with ip options", end, testpackets.UDPWithIPOptions(ap(pod, 40002), ap(svc, 8054), payload), false},
+		{"udp with ip options over ipip", udp, testpackets.IPIP(nodeA, nodeB,
+			testpackets.UDPWithIPOptions(ap(pod, 40001), ap(svc, 53), payload)), true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -41,6 +41,16 @@ func UDP(src netip.AddrPort, dst netip.AddrPort, payload []byte) []byte {
 	return serialize(ip, udp, gopacket.Payload(payload))
 }
 
+// UDPWithIPOptions returns an IPv4 UDP packet whose IPv4 header carries
+// a Router Alert option, 24 bytes long instead of 20.
+func UDPWithIPOptions(src netip.AddrPort, dst netip.AddrPort, payload []byte) []byte {
+	ip := ipv4(src.Addr(), dst.Addr(), layers.IPProtocolUDP)
+	ip.Options = []layers.IPv4Option{{OptionType: 148, OptionLength: 4, OptionData: []byte{0, 0}}}
+	udp := &layers.UDP{SrcPort: layers.UDPPort(src.Port()), DstPort: layers.UDPPort(dst.Port())}
+	_ = udp.SetNetworkLayerForChecksum(ip)
+	return serialize(ip, udp, gopacket.Payload(payload))
+}
+
 // TCPSyn returns an IPv4 TCP SYN with a 12-byte option block, like Linux sends.
 func TCPSyn(src netip.AddrPort, dst netip.AddrPort) []byte {
 	ip := ipv4(src.Addr(), dst.Addr(), layers.IPProtocolTCP)
