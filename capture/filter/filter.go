@@ -42,6 +42,10 @@ const (
 	// vxlanInnerIP is where the inner IPv4 header starts, counted from the
 	// outer UDP header: UDP, VXLAN and the inner Ethernet header.
 	vxlanInnerIP = udpHeaderLen + vxlanLen + etherLen
+	// ipv4PlainWords and ipv4PlainLen are the length of an IPv4 header
+	// without options, in 32-bit words (its IHL) and in bytes.
+	ipv4PlainWords = 5
+	ipv4PlainLen   = 4 * ipv4PlainWords
 )
 
 // Protocol numbers and ICMP types the program tests.
@@ -334,6 +338,19 @@ func (p *program) transport(ip uint32, fail label) {
 		p.loadAt(ip+ipDst, 4)
 		p.emit(bpf.StoreScratch{Src: bpf.RegA, N: scratchDst})
 	}
+	if p.xZero {
+		// The usual IPv4 header, without options: the transport header is
+		// at a fixed offset, which absolute loads read directly.
+		options := p.newLabel()
+		p.loadAt(ip, 1)
+		p.emit(bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0x0f})
+		p.jump(bpf.JumpEqual, ipv4PlainWords, next, options)
+		p.ports(ip + ipv4PlainLen)
+		p.ends(ip + ipv4PlainLen)
+		p.goTo(fail)
+		p.place(options)
+		p.xZero = true // only the test above jumps here, with X zero
+	}
 	p.advanceX(ip)
 	p.ports(ip)
 	p.ends(ip)
@@ -348,6 +365,7 @@ func (p *program) ports(l4 uint32) {
 	if len(ports) == 0 {
 		return
 	}
+	zero := p.xZero // X does not change here: the labels below keep it
 	hit, miss := p.newLabel(), p.newLabel()
 	for _, side := range []uint32{0, 2} {
 		p.loadAt(l4+side, 2)
@@ -359,12 +377,14 @@ func (p *program) ports(l4 uint32) {
 	p.place(hit)
 	p.goTo(accept)
 	p.place(miss)
+	p.xZero = zero
 }
 
 // ends accepts when the source or the destination of the packet, its
 // address (saved in scratch memory) and the port of the transport header
 // at X+l4, is one of the traced ends; otherwise it falls through.
 func (p *program) ends(l4 uint32) {
+	zero := p.xZero // X does not change here: the labels below keep it
 	for _, side := range []struct {
 		addr uint32 // scratch slot
 		port uint32 // offset in the transport header
@@ -382,6 +402,7 @@ func (p *program) ends(l4 uint32) {
 			p.place(hit)
 			p.goTo(accept)
 			p.place(miss)
+			p.xZero = zero
 		}
 	}
 }

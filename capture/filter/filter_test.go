@@ -3,6 +3,7 @@ package filter
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/google/gopacket/layers"
@@ -330,6 +331,16 @@ func TestFilterLoadsTheOuterHeaderDirectly(t *testing.T) {
 			}
 			if _, ok := insn.(bpf.LoadIndirect); ok {
 				t.Errorf("%s: instruction %d, before X is first set, is %v", opts.Match.Proto, i, insn)
+			}
+		}
+		// Behind an IPv4 header without options, the ports are read at
+		// absolute offsets too.
+		if opts.Match.Proto == trace.ICMP {
+			continue
+		}
+		for _, port := range []uint32{etherLen + ipv4PlainLen, etherLen + ipv4PlainLen + 2} {
+			if !slices.Contains(insns, bpf.Instruction(bpf.LoadAbsolute{Off: port, Size: 2})) {
+				t.Errorf("%s: no absolute load of the port at %d", opts.Match.Proto, port)
 			}
 		}
 	}
