@@ -296,6 +296,7 @@ func withNetnsPath(path string, fn func() error) error {
 func (s *Session) openCaptures(ifaces []string, label string, ring int, inbound []string) ([]*nodeCapture, error) {
 	var opened []*nodeCapture
 	for _, iface := range ifaces {
+		in := slices.Contains(inbound, iface)
 		c, err := capture.Open(capture.Config{
 			Iface:       iface,
 			Node:        s.cfg.Node,
@@ -303,7 +304,7 @@ func (s *Session) openCaptures(ifaces []string, label string, ring int, inbound 
 			Match:       s.cfg.Match,
 			FullPayload: s.cfg.FullPayload,
 			RingSize:    ring,
-			Inbound:     slices.Contains(inbound, iface),
+			Inbound:     in,
 		})
 		if err != nil {
 			where := s.cfg.Node
@@ -312,8 +313,7 @@ func (s *Session) openCaptures(ifaces []string, label string, ring int, inbound 
 			}
 			return opened, fmt.Errorf("arming the capture on %s: %w", where, err)
 		}
-		opened = append(opened, &nodeCapture{Capture: c, node: s.cfg.Node, iface: iface, label: label,
-			inbound: slices.Contains(inbound, iface)})
+		opened = append(opened, &nodeCapture{Capture: c, node: s.cfg.Node, iface: iface, label: label, inbound: in})
 	}
 	return opened, nil
 }

@@ -2,6 +2,7 @@ package netfilter
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -56,15 +57,10 @@ func legacySkip(m trace.Match) string {
 	if m.Proto == trace.ICMP {
 		return ""
 	}
-	ports := slices.Clone(m.Ports)
-	for _, e := range m.Ends {
-		if e.Port() == 0 {
-			return ""
-		}
-		ports = append(ports, e.Port())
+	if slices.ContainsFunc(m.Ends, func(e netip.AddrPort) bool { return e.Port() == 0 }) {
+		return ""
 	}
-	slices.Sort(ports)
-	ports = slices.Compact(ports)
+	ports := portsNamed(m)
 	if len(ports) == 0 || len(ports) > multiportMax {
 		return ""
 	}

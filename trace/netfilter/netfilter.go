@@ -344,6 +344,20 @@ func (t *Tracer) Widen(m trace.Match) error {
 	return nil
 }
 
+// portsNamed returns the ports m names, in order and each once: its ports
+// and those of its ends. A packet with neither port among them can only be
+// selected by an end without a port.
+func portsNamed(m trace.Match) []uint16 {
+	ports := slices.Clone(m.Ports)
+	for _, e := range m.Ends {
+		if e.Port() != 0 {
+			ports = append(ports, e.Port())
+		}
+	}
+	slices.Sort(ports)
+	return slices.Compact(ports)
+}
+
 // lacking returns what match to holds and match from does not.
 func lacking(from, to trace.Match) trace.Match {
 	added := trace.Match{Proto: to.Proto}

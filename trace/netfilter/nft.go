@@ -2,7 +2,6 @@ package netfilter
 
 import (
 	"fmt"
-	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -80,17 +79,8 @@ func (set nftSet) elements(m trace.Match) []string {
 			out = append(out, strconv.Itoa(int(p)))
 		}
 	case set.name == nftPortsSet:
-		seen := map[uint16]bool{}
-		for _, p := range m.Ports {
-			seen[p] = true
-		}
-		for _, e := range m.Ends {
-			seen[e.Port()] = seen[e.Port()] || e.Port() != 0
-		}
-		for _, p := range slices.Sorted(maps.Keys(seen)) {
-			if seen[p] {
-				out = append(out, strconv.Itoa(int(p)))
-			}
+		for _, p := range portsNamed(m) {
+			out = append(out, strconv.Itoa(int(p)))
 		}
 	default:
 		for _, e := range m.Ends {
