@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -170,13 +171,15 @@ func TestAssertBrokenPathsFail(t *testing.T) {
 		paths + ":16: cases[1].expect.hits[0]:\n",
 		"expected: a hop of table nat, chain " + otherChain + "\n",
 		"observed: no rule hop matches; the path went through [k8s-",
-		// The client's veth is captured inbound only: its SYN shows on
-		// the host's end first.
-		"observed path:\n      [k8s-w1] cali",
 	} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("the report misses %q", want)
 		}
+	}
+	// The client's veth is captured inbound only: the path starts with its
+	// SYN coming in on the host's end.
+	if first := regexp.MustCompile(`observed path:\n      \[k8s-w1\] cali[0-9a-f]{11} in → tcp [0-9.]+:\d+ > [0-9.]+:80 S ttl 64\n`); !first.MatchString(r.stdout) {
+		t.Errorf("the observed path does not start with the SYN coming in on the client's veth:\n%s", r.stdout)
 	}
 	if report := readJUnit(t, junit); report.Tests != 2 || report.Failures != 1 || report.Suites[0].Cases[1].Failure == nil {
 		t.Errorf("JUnit: %+v, want 2 tests, the second failed", report)
