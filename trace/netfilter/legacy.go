@@ -50,9 +50,10 @@ func legacyArmScript(s Session, m trace.Match, rate, burst int) string {
 // legacySkip returns the first rule of a session's chain, without the
 // chain: a RETURN for the TCP or UDP packets with neither port among
 // those the match names (its ports and those of its ends), which then
-// meet no other rule of the chain. It returns "" when the match selects
-// by address alone (ICMP, or an end without a port), or names no port,
-// or more than one multiport match takes.
+// meet no other rule of the chain. Ports beyond what one multiport match
+// takes go into further negated multiport matches of the same rule, which
+// a packet must all pass. It returns "" when the match selects by address
+// alone (ICMP, or an end without a port), or names no port.
 func legacySkip(m trace.Match) string {
 	if m.Proto == trace.ICMP {
 		return ""
@@ -61,14 +62,23 @@ func legacySkip(m trace.Match) string {
 		return ""
 	}
 	ports := portsNamed(m)
-	if len(ports) == 0 || len(ports) > multiportMax {
+	if len(ports) == 0 {
 		return ""
 	}
+	rule := "-p " + string(m.Proto)
+	for chunk := range slices.Chunk(ports, multiportMax) {
+		rule += " -m multiport ! --ports " + portList(chunk)
+	}
+	return rule + " -j RETURN"
+}
+
+// portList returns ports as a multiport match writes them.
+func portList(ports []uint16) string {
 	list := make([]string, len(ports))
 	for i, p := range ports {
 		list[i] = strconv.Itoa(int(p))
 	}
-	return fmt.Sprintf("-p %s -m multiport ! --ports %s -j RETURN", m.Proto, strings.Join(list, ","))
+	return strings.Join(list, ",")
 }
 
 // legacyWidenScript returns the iptables-restore input that widens a
@@ -109,11 +119,7 @@ func legacyTraceRules(chain string, m trace.Match, rate, burst int) string {
 		m.Ports, m.Ends = nil, nil
 	}
 	for ports := range slices.Chunk(m.Ports, multiportMax) {
-		list := make([]string, len(ports))
-		for i, p := range ports {
-			list[i] = strconv.Itoa(int(p))
-		}
-		selectors = append(selectors, fmt.Sprintf("-p %s -m multiport --ports %s", proto, strings.Join(list, ",")))
+		selectors = append(selectors, fmt.Sprintf("-p %s -m multiport --ports %s", proto, portList(ports)))
 	}
 	for _, e := range m.Ends {
 		if e.Port() == 0 {

@@ -182,7 +182,15 @@ func TestWiden(t *testing.T) {
 			kind.load(t, l.router)
 			l.listen(t, 8080)
 			before := netfilterState(t, l.router)
-			armed, unseen, widenedPort, widenedEnd := freePort(), freePort(), freePort(), freePort()
+			armed, unseen := freePort(), freePort()
+			// Ports nothing sends to, between armed and the widened ones, so
+			// that the widened match names more ports than one multiport
+			// match takes and the widened port is in the second.
+			var fillers []uint16
+			for range multiportMax {
+				fillers = append(fillers, uint16(freePort()))
+			}
+			widenedPort, widenedEnd := freePort(), freePort()
 			var c collector
 			tr := arm(t, l.router, Options{Node: "router", Match: trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(armed)}}}, c.emit)
 
@@ -191,7 +199,7 @@ func TestWiden(t *testing.T) {
 			if n := c.len(); n != 0 {
 				t.Fatalf("%d hops of a port the tracer does not select", n)
 			}
-			widened := trace.Match{Proto: trace.TCP, Ports: []uint16{uint16(armed), uint16(widenedPort)},
+			widened := trace.Match{Proto: trace.TCP, Ports: append([]uint16{uint16(armed), uint16(widenedPort)}, fillers...),
 				Ends: []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr(clientIP.String()), uint16(widenedEnd))}}
 			if err := tr.Widen(widened); err != nil {
 				t.Fatalf("Widen: %v", err)

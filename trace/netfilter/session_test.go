@@ -96,7 +96,7 @@ func TestLegacyWidenScript(t *testing.T) {
 	to := trace.Match{Proto: trace.UDP, Ports: ports,
 		Ends: []netip.AddrPort{netip.MustParseAddrPort("172.16.2.7:8080"), netip.MustParseAddrPort("192.168.10.102:0")}}
 	got := legacyWidenScript(testSession, from, to, 100, 200)
-	// 16 ports, and an end without a port, leave no skip rule: it goes.
+	// An end without a port leaves no skip rule: it goes.
 	want := `*raw
 -D NETTRACE-0a1b2c3d 1
 -A NETTRACE-0a1b2c3d -p udp -m multiport --ports 40002,40003,40004,40005,40006,40007,40008,40009,40010,40011,40012,40013,40014,40015,40016 -m limit --limit 100/second --limit-burst 200 -j TRACE
@@ -120,6 +120,12 @@ COMMIT
 `
 	if got != want {
 		t.Errorf("widen script with an end:\n%s\nwant:\n%s", got, want)
+	}
+	// 16 ports take two negated multiport matches in the skip rule.
+	got = legacyWidenScript(testSession, from, trace.Match{Proto: trace.UDP, Ports: ports}, 100, 200)
+	skip := "-R NETTRACE-0a1b2c3d 1 -p udp -m multiport ! --ports 40001,40002,40003,40004,40005,40006,40007,40008,40009,40010,40011,40012,40013,40014,40015 -m multiport ! --ports 40016 -j RETURN\n"
+	if !strings.Contains(got, skip) {
+		t.Errorf("widen script to 16 ports:\n%s\nlacks %s", got, skip)
 	}
 	// 16 new ports take two multiport rules.
 	if got := legacyTraceRules("C", trace.Match{Proto: trace.TCP, Ports: append(ports, 1)}, 1, 1); strings.Count(got, "-m multiport") != 2 {
