@@ -9,6 +9,7 @@
 package capture
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -67,6 +68,10 @@ type Config struct {
 	// nothing if the other end is captured inbound too: what one end sends,
 	// the other receives.
 	Inbound bool
+
+	// retire is how long the kernel keeps a block that holds packets
+	// before handing it over, retireTimeout when zero; tests lengthen it.
+	retire time.Duration
 }
 
 // Stats counts what a capture saw.
@@ -170,7 +175,7 @@ func (c *Capture) open() error {
 			return fmt.Errorf("ignoring outgoing packets: %w", err)
 		}
 	}
-	if c.ring, err = mapRing(c.sock, c.cfg.RingSize, c.cfg.FullPayload); err != nil {
+	if c.ring, err = mapRing(c.sock, c.cfg.RingSize, c.cfg.FullPayload, cmp.Or(c.cfg.retire, retireTimeout)); err != nil {
 		return err
 	}
 	if c.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
@@ -295,20 +300,34 @@ func (c *Capture) stop() {
 	unix.Write(c.wake, one[:]) // an open eventfd only refuses a write at its maximum, which still wakes
 }
 
-// read consumes the ring until told to stop; then it waits for the block
-// in progress to be retired and drains what is left.
+// read consumes the ring until told to stop; then it drains it: it waits
+// stopGrace for packets on their way, and as long as the kernel holds
+// packets in a block not handed over yet, up to stopLimit.
 func (c *Capture) read(emit func(trace.Hop)) {
 	defer close(c.done)
 	var d decode.Decoder
 	handle := func(f frame) { c.handle(&d, f, emit) }
-	stopping := false
+	var stopped time.Time
 	for {
 		if c.ring.ready() {
 			c.ring.consume(handle)
 			continue
 		}
-		if stopping {
-			return
+		if !stopped.IsZero() {
+			waited := time.Since(stopped)
+			if waited >= stopLimit || waited >= stopGrace && !c.ring.filling() {
+				return
+			}
+			until := stopLimit
+			if !c.ring.filling() {
+				until = stopGrace
+			}
+			last := []unix.PollFd{{Fd: int32(c.sock), Events: unix.POLLIN}}
+			unix.Poll(last, int((until-waited)/time.Millisecond)+1) // a timeout is the answer too
+			if last[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
+				return // nothing more will come
+			}
+			continue
 		}
 		fds := []unix.PollFd{
 			{Fd: int32(c.sock), Events: unix.POLLIN | unix.POLLERR},
@@ -330,9 +349,7 @@ func (c *Capture) read(emit func(trace.Hop)) {
 			return
 		}
 		if fds[1].Revents != 0 {
-			stopping = true
-			last := []unix.PollFd{{Fd: int32(c.sock), Events: unix.POLLIN}}
-			unix.Poll(last, int(2*retireTimeout/time.Millisecond)) // a timeout just means nothing is left
+			stopped = time.Now()
 		}
 	}
 }

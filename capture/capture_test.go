@@ -183,6 +183,23 @@ func TestCaptureInbound(t *testing.T) {
 	}
 }
 
+// TestCaptureCloseWaitsForHeldPackets closes a capture right after its
+// packets arrived, while the kernel still holds them in a block that its
+// retire timer, lengthened here as a loaded machine delays it, has not
+// handed over: Close waits for the block instead of losing them.
+func TestCaptureCloseWaitsForHeldPackets(t *testing.T) {
+	a, b := vethPair(t, "10.1.0.1/24", "10.1.0.2/24")
+	flow := trace.Match{Proto: trace.UDP, Ports: []uint16{40001}}
+	listenUDP(t, b, netip.AddrPortFrom(addrB, 40001))
+	cfg := Config{Iface: "b0", Node: "k8s-w1", Netns: b.name, Match: flow, Inbound: true, retire: 6 * stopGrace}
+	capture, rec := startCapture(t, b, cfg)
+	sendUDP(t, a, netip.AddrPortFrom(addrA, 40002), netip.AddrPortFrom(addrB, 40001), 3, []byte("a to b"))
+	closeCapture(t, capture)
+	if got := byKind(rec.all(), trace.HopInterface); len(got) != 3 {
+		t.Errorf("%d packets after Close, want the 3 sent: %+v", len(got), got)
+	}
+}
+
 // TestCaptureWiden widens a capture while it runs, as the engine does when
 // a NAT gives the flow a port its match did not name: the packets on the
 // new port and to the new end are captured from then on, not before, and

@@ -18,6 +18,12 @@ const (
 	wholeBlockSize  = 128 << 10
 	frameSize       = 2048 // TPACKET_V3 packs frames of any size; this only sizes the request
 	retireTimeout   = 10 * time.Millisecond
+	// stopGrace is how long a stopping capture waits for packets still on
+	// their way, and stopLimit how long it waits at most for the kernel to
+	// hand over a block that holds packets, which a loaded machine's retire
+	// timer can delay.
+	stopGrace = 2 * retireTimeout
+	stopLimit = 25 * retireTimeout
 	// sllOffset is where the kernel puts the packet's sockaddr_ll:
 	// TPACKET_ALIGN(sizeof(struct tpacket3_hdr)).
 	sllOffset = (unix.SizeofTpacket3Hdr + 15) &^ 15
@@ -47,8 +53,9 @@ type frame struct {
 }
 
 // mapRing sets up a ring of about size bytes on the packet socket fd, which
-// must not be bound yet; whole says packets are kept whole.
-func mapRing(fd, size int, whole bool) (*ring, error) {
+// must not be bound yet; whole says packets are kept whole, and retire is
+// how long the kernel keeps a block that holds packets.
+func mapRing(fd, size int, whole bool, retire time.Duration) (*ring, error) {
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V3); err != nil {
 		return nil, fmt.Errorf("setting TPACKET_V3: %w", err)
 	}
@@ -62,7 +69,7 @@ func mapRing(fd, size int, whole bool) (*ring, error) {
 		Block_nr:       uint32(blocks),
 		Frame_size:     frameSize,
 		Frame_nr:       uint32(blocks * blockSize / frameSize),
-		Retire_blk_tov: uint32(retireTimeout / time.Millisecond),
+		Retire_blk_tov: uint32(retire / time.Millisecond),
 	}
 	if err := unix.SetsockoptTpacketReq3(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
 		return nil, fmt.Errorf("requesting a ring of %d blocks: %w", blocks, err)
@@ -88,6 +95,16 @@ func (r *ring) status(block int) *uint32 {
 // ready reports whether the kernel has handed the current block over.
 func (r *ring) ready() bool {
 	return atomic.LoadUint32(r.status(r.current))&unix.TP_STATUS_USER != 0
+}
+
+// filling reports whether the kernel holds packets in the current block
+// that it has not handed over yet; the retire timer will hand them over.
+func (r *ring) filling() bool {
+	if atomic.LoadUint32(r.status(r.current))&unix.TP_STATUS_USER != 0 {
+		return false
+	}
+	base := r.current*r.blockSize + int(unsafe.Offsetof(unix.TpacketBlockDesc{}.Hdr)+unsafe.Offsetof(unix.TpacketHdrV1{}.Num_pkts))
+	return atomic.LoadUint32((*uint32)(unsafe.Pointer(&r.mem[base]))) != 0
 }
 
 // consume calls f for each packet of the current block, which must be
