@@ -13,6 +13,13 @@
 #       the node, without and with a live trace armed on the node, in ROUNDS
 #       (16) pairs of runs: the median ratio and its 90 % interval (goal >=
 #       0.99); then the CPU the flow costs at a fixed rate, without and with;
+#       with PARTS=1, the CPU cost at the same rate of the trace's parts: its
+#       nft marker alone (the table a live trace loads, loaded by hand with
+#       no tracer running), and the live trace without its marker (its table
+#       deleted once armed: the captures and the conntrack, nflog and nftrace
+#       listeners stay), and the captures alone (the five the live trace
+#       opens, each by capture/internal/capturebench, with the port of its
+#       match). Not with RAW=1, whose marker is an iptables chain;
 #   (c) probe traces while two iperf3 clients send 64-byte UDP datagrams from pod A to pod B
 #       at about 100 kpps: the traced flow's hops against those of (a), and the
 #       events the sources reported lost (goal: none, or reported).
@@ -28,6 +35,7 @@ runs=${1:-15}
 seconds=${2:-2}
 backend=${BACKEND:-legacy}
 raw=${RAW:-0}
+parts=${PARTS:-0}
 rounds=${ROUNDS:-16}
 flood_pps=100000
 flood_size=64
@@ -54,6 +62,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 go build -o "$work/kubectl-nettrace" ./cmd/kubectl-nettrace
+((parts)) && go build -o "$work/capturebench" ./capture/internal/capturebench
 
 # The node: eth0 to a switch namespace, a default route (proxy ARP needs one), forwarding.
 for n in "$node" "$pod_a" "$pod_b" "$switch"; do
@@ -173,8 +182,50 @@ disarm_live() {
 	wait "$live" || true                  # 4: interrupted, after restoring the node
 }
 
+# The parts of a trace, for PARTS=1: the marker's nft table, as a live trace
+# loads it, is kept in $work/marker.nft.
+nft_node() { ip netns exec "$node" nft "$@"; }
+marker_table() { nft_node list tables | awk '$3 ~ /^nettrace_/ {print $3}'; }
+keep_marker() {
+	arm_live
+	nft_node list table ip "$(marker_table)" >"$work/marker.nft"
+	disarm_live
+}
+arm_marker() { nft_node -f "$work/marker.nft"; }
+disarm_marker() { nft_node delete table ip "$(marker_table)"; }
+arm_unmarked() { arm_live && nft_node delete table ip "$(marker_table)"; }
+disarm_unmarked() { disarm_live 2>/dev/null; } # the tracer finds its table gone
+captures=()
+arm_captures() {
+	local spec netns iface way i=0
+	rm -f "$work"/captured.*
+	# As the live trace's progress line lists them: netns, interface, way.
+	for spec in "$node calia1b2c3d4e5f in" "$node cali0f1e2d3c4b5 in" "$node eth0 both" \
+		"$pod_a eth0 in" "$pod_b eth0 in"; do
+		read -r netns iface way <<<"$spec"
+		"$work/capturebench" -netns "/run/netns/$netns" -iface "$iface" -proto tcp -port 80 \
+			-inbound="$([[ $way == in ]] && echo true || echo false)" -started "$work/captured.$i" >/dev/null &
+		captures+=($!)
+		pids+=($!)
+		i=$((i + 1))
+	done
+	for _ in $(seq 200); do
+		(($(ls "$work"/captured.* 2>/dev/null | wc -l) == i)) && return
+		sleep 0.05
+	done
+	echo "the captures did not start" >&2
+	exit 1
+}
+disarm_captures() {
+	kill -INT "${captures[@]}" 2>/dev/null || true
+	wait "${captures[@]}" || true
+	captures=()
+}
+
 # pairs NAME FILTER [iperf3 options]: ROUNDS pairs of runs, into $work/NAME.untraced,
-# $work/NAME.traced and, traced over untraced, $work/NAME.ratio.
+# $work/NAME.traced and, traced over untraced, $work/NAME.ratio. The traced run
+# of a pair is between arm and disarm, arm_live and disarm_live unless set.
+arm=arm_live disarm=disarm_live
 pairs() {
 	local name=$1 i u t
 	shift
@@ -182,9 +233,9 @@ pairs() {
 	for i in $(seq "$rounds"); do
 		if ((i % 4 == 1 || i % 4 == 0)); then
 			u=$(iperf "$@")
-			arm_live && t=$(iperf "$@") && disarm_live
+			$arm && t=$(iperf "$@") && $disarm
 		else
-			arm_live && t=$(iperf "$@") && disarm_live
+			$arm && t=$(iperf "$@") && $disarm
 			u=$(iperf "$@")
 		fi
 		echo "$u" >>"$work/$name.untraced" && echo "$t" >>"$work/$name.traced"
@@ -217,6 +268,12 @@ interval() {
 pairs throughput "$bps"
 fixed_rate=$(median <"$work/throughput.untraced" | awk '{printf "%.0f", $1 / 2}')
 pairs cost "$cpu" -b "$fixed_rate"
+if ((parts && !raw)); then
+	keep_marker
+	arm=arm_marker disarm=disarm_marker pairs marker "$cpu" -b "$fixed_rate"
+	arm=arm_unmarked disarm=disarm_unmarked pairs unmarked "$cpu" -b "$fixed_rate"
+	arm=arm_captures disarm=disarm_captures pairs captures "$cpu" -b "$fixed_rate"
+fi
 
 # (c) probe traces under a UDP flood, from two iperf3 clients (one is
 # single-threaded and tops out near 85 kpps here), each sending half.
@@ -242,6 +299,16 @@ done
 wait "${floods[@]}"
 flood_rate=$(jq -s 'map(.end.sum.packets / .end.sum.seconds) | add | floor' "$work"/flood-*.json)
 
+parts_report=
+if ((parts && !raw)); then
+	# ratio NAME: the median of $work/NAME.ratio and its 90 % interval.
+	ratio() { echo "$(median <"$work/$1.ratio" | awk '{printf "%.3f", $1}') ($(interval <"$work/$1.ratio"))"; }
+	parts_report="      CPU cost of the parts, at the same rate, traced/untraced (median of the pairs, 90 % interval):
+        the nft marker alone               $(ratio marker)
+        the live trace without its marker  $(ratio unmarked)
+        its five captures alone            $(ratio captures)
+" # ends in a newline, as it goes before (c)
+fi
 cat <<EOF
 engine benchmark: backend $backend$( ((raw)) && echo " with a raw table"), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)
 (a) time to answer, probe pod -> ClusterIP: median $(median <"$work/times") ms over $runs runs (min $(sort -n "$work/times" | head -1), max $(sort -n "$work/times" | tail -1)); goal < 300 ms
@@ -251,7 +318,7 @@ engine benchmark: backend $backend$( ((raw)) && echo " with a raw table"), $(npr
       throughput traced/untraced: median of the pairs $(median <"$work/throughput.ratio" | awk '{printf "%.3f", $1}'), 90 % interval $(interval <"$work/throughput.ratio"); goal >= 0.99
       at a fixed $(awk -v r="$fixed_rate" 'BEGIN {printf "%.0f", r / 1e6}') Mbit/s, CPU of sender + receiver: without $(median <"$work/cost.untraced" | awk '{printf "%.1f", $1}') %, armed $(median <"$work/cost.traced" | awk '{printf "%.1f", $1}') %
       CPU cost traced/untraced: median of the pairs $(median <"$work/cost.ratio" | awk '{printf "%.3f", $1}'), 90 % interval $(interval <"$work/cost.ratio")
-(c) $loaded probe traces under $flood_rate pps of ${flood_size}-byte UDP (asked $flood_pps):
+$parts_report(c) $loaded probe traces under $flood_rate pps of ${flood_size}-byte UDP (asked $flood_pps):
       traces with fewer hops than without load ($baseline_hops): $short
       events lost: $lost_events
 EOF

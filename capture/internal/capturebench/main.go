@@ -29,15 +29,16 @@ func main() {
 		snaplen  = flag.Int("snaplen", capture.DefaultSnaplen, "bytes kept of each packet")
 		output   = flag.String("w", os.DevNull, "pcapng file to write at the end")
 		startedF = flag.String("started", "", "file created once the capture is armed")
+		inbound  = flag.Bool("inbound", false, "capture only what the interface receives")
 	)
 	flag.Parse()
-	if err := run(*netns, *iface, *proto, uint16(*port), *ring, *snaplen, *output, *startedF); err != nil {
+	if err := run(*netns, *iface, *proto, uint16(*port), *ring, *snaplen, *inbound, *output, *startedF); err != nil {
 		fmt.Fprintln(os.Stderr, "capturebench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(netnsPath, iface, protoName string, port uint16, ring, snaplen int, output, started string) error {
+func run(netnsPath, iface, protoName string, port uint16, ring, snaplen int, inbound bool, output, started string) error {
 	proto, err := trace.ParseProto(protoName)
 	if err != nil {
 		return err
@@ -47,7 +48,7 @@ func run(netnsPath, iface, protoName string, port uint16, ring, snaplen int, out
 		return fmt.Errorf("opening netns: %w", err)
 	}
 	defer target.Close()
-	cfg := capture.Config{Iface: iface, Node: "bench", Match: trace.Match{Proto: proto, Ports: []uint16{port}}, RingSize: ring, Snaplen: snaplen}
+	cfg := capture.Config{Iface: iface, Node: "bench", Match: trace.Match{Proto: proto, Ports: []uint16{port}}, RingSize: ring, Snaplen: snaplen, Inbound: inbound}
 	var c *capture.Capture
 	if err := target.Do(func(ns.NetNS) error {
 		c, err = capture.Open(cfg)
