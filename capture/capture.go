@@ -314,16 +314,16 @@ func (c *Capture) read(emit func(trace.Hop)) {
 			continue
 		}
 		if !stopped.IsZero() {
-			waited := time.Since(stopped)
-			if waited >= stopLimit || waited >= stopGrace && !c.ring.filling() {
+			until := stopGrace
+			if c.ring.filling() {
+				until = stopLimit
+			}
+			left := until - time.Since(stopped)
+			if left <= 0 {
 				return
 			}
-			until := stopLimit
-			if !c.ring.filling() {
-				until = stopGrace
-			}
 			last := []unix.PollFd{{Fd: int32(c.sock), Events: unix.POLLIN}}
-			unix.Poll(last, int((until-waited)/time.Millisecond)+1) // a timeout is the answer too
+			unix.Poll(last, int(left/time.Millisecond)+1) // a timeout is the answer too
 			if last[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
 				return // nothing more will come
 			}

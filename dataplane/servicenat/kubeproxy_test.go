@@ -57,6 +57,10 @@ func TestMatchesKubeProxy(t *testing.T) {
 	zoned := zonedSnapshot()
 	snap.Services = append(snap.Services, zoned.Services...)
 	snap.EndpointSlices = append(snap.EndpointSlices, zoned.EndpointSlices...)
+	otherZones := otherZoneEndpoints(zoned)
+	if len(otherZones) == 0 {
+		t.Fatal("the zoned fixture has no endpoint in another zone")
+	}
 	createNode(t, client)
 	createSnapshot(t, client, snap)
 	// Every proxied service must show up in both rulesets before they are
@@ -80,8 +84,12 @@ func TestMatchesKubeProxy(t *testing.T) {
 					startReference(t, server.Config, refNode, backend, cfg.opts, slog.New(slog.DiscardHandler))
 
 					want := documentedDiff(t, backend, cfg.name)
-					kpRules := waitForRules(t, kpNode, backend, markers, kp.logTail)
-					refRules := waitForRules(t, refNode, backend, markers, nil)
+					// kube-proxy may program its first rules before it has
+					// read its Node's zone, over the endpoints of every
+					// zone: it has settled once those of other zones are
+					// gone.
+					kpRules := waitForRules(t, kpNode, backend, markers, otherZones, kp.logTail)
+					refRules := waitForRules(t, refNode, backend, markers, nil, nil)
 					got := diffRulesets(kpRules, refRules)
 					if extra, missing := multisetDiff(got, want); len(extra)+len(missing) > 0 {
 						t.Errorf("kube-proxy (-) and the reference (+) differ otherwise than %s documents:\n"+
@@ -143,6 +151,27 @@ func zonedSnapshot() Snapshot {
 			[]discovery.EndpointPort{port("http", 8080, v1.ProtocolTCP)},
 			hinted("172.16.1.70", testNode, testNodeZone), hinted("172.16.2.70", "k8s-w2", "zone-b"))},
 	}
+}
+
+// otherZoneEndpoints returns the comments kube-proxy gives the rules of the
+// endpoints in snap hinted for zones other than testNodeZone, as
+// "namespace/service:port -> address:port".
+func otherZoneEndpoints(snap Snapshot) []string {
+	var comments []string
+	for _, slice := range snap.EndpointSlices {
+		for _, ep := range slice.Endpoints {
+			if ep.Hints == nil || slices.ContainsFunc(ep.Hints.ForZones, func(z discovery.ForZone) bool { return z.Name == testNodeZone }) {
+				continue
+			}
+			for _, p := range slice.Ports {
+				for _, addr := range ep.Addresses {
+					comments = append(comments, fmt.Sprintf("%s/%s:%s -> %s:%d",
+						slice.Namespace, slice.Labels[discovery.LabelServiceName], *p.Name, addr, *p.Port))
+				}
+			}
+		}
+	}
+	return comments
 }
 
 // kubeProxyBinary returns the kube-proxy `make controlplane` built, failing
@@ -373,10 +402,10 @@ func startReference(tb testing.TB, cfg *rest.Config, netns ns.NetNS, backend Bac
 	})
 }
 
-// waitForRules polls the ruleset of netns until every marker appears in it
-// and it stays the same for longer than a sync interval, and returns it
-// normalised. describe, when not nil, explains a timeout.
-func waitForRules(tb testing.TB, netns ns.NetNS, backend Backend, markers []string, describe func() string) ruleset {
+// waitForRules polls the ruleset of netns until every marker appears in it,
+// none of gone does, and it stays the same for longer than a sync interval,
+// and returns it normalised. describe, when not nil, explains a timeout.
+func waitForRules(tb testing.TB, netns ns.NetNS, backend Backend, markers, gone []string, describe func() string) ruleset {
 	tb.Helper()
 	const stableFor = 2 * DefaultMinSyncInterval
 	deadline := time.Now().Add(90 * time.Second)
@@ -391,7 +420,8 @@ func waitForRules(tb testing.TB, netns ns.NetNS, backend Backend, markers []stri
 		if len(diffRulesets(last, now)) > 0 {
 			last, lastChange = now, time.Now()
 		}
-		complete := !slices.ContainsFunc(markers, func(m string) bool { return !strings.Contains(string(out), m) })
+		complete := !slices.ContainsFunc(markers, func(m string) bool { return !strings.Contains(string(out), m) }) &&
+			!slices.ContainsFunc(gone, func(m string) bool { return strings.Contains(string(out), m) })
 		if complete && time.Since(lastChange) > stableFor {
 			return now
 		}
