@@ -15,7 +15,9 @@
 #       0.99); then the CPU the flow costs at a fixed rate, without and with;
 #       with PARTS=1, the CPU cost at the same rate of the trace's parts: its
 #       nft marker alone (the table a live trace loads, loaded by hand with
-#       no tracer running), and the live trace without its marker (its table
+#       no tracer running), the same table with its chains' hooks alone (no
+#       set, no rule), and with its rules counting instead of setting nftrace;
+#       the live trace without its marker (its table
 #       deleted once armed: the captures and the conntrack, nflog and nftrace
 #       listeners stay), and the captures alone (the five the live trace
 #       opens, each by capture/internal/capturebench, with the port of its
@@ -183,15 +185,22 @@ disarm_live() {
 }
 
 # The parts of a trace, for PARTS=1: the marker's nft table, as a live trace
-# loads it, is kept in $work/marker.nft.
+# loads it, is kept in $work/marker.nft; hooks.nft holds its chains' hooks
+# alone, counting.nft its rules with a counter in place of nftrace. arm_marker
+# loads $work/$marker.nft.
 nft_node() { ip netns exec "$node" nft "$@"; }
 marker_table() { nft_node list tables | awk '$3 ~ /^nettrace_/ {print $3}'; }
 keep_marker() {
 	arm_live
 	nft_node list table ip "$(marker_table)" >"$work/marker.nft"
 	disarm_live
+	awk '/^table / || /^\t\ttype filter hook/ || /^}$/ {print}
+		/^\tchain / {print; chain = 1}
+		/^\t}$/ {if (chain) print; chain = 0}' "$work/marker.nft" >"$work/hooks.nft"
+	sed 's/meta nftrace set 1/counter/' "$work/marker.nft" >"$work/counting.nft"
 }
-arm_marker() { nft_node -f "$work/marker.nft"; }
+marker=marker
+arm_marker() { nft_node -f "$work/$marker.nft"; }
 disarm_marker() { nft_node delete table ip "$(marker_table)"; }
 arm_unmarked() { arm_live && nft_node delete table ip "$(marker_table)"; }
 disarm_unmarked() { disarm_live 2>/dev/null; } # the tracer finds its table gone
@@ -270,7 +279,9 @@ fixed_rate=$(median <"$work/throughput.untraced" | awk '{printf "%.0f", $1 / 2}'
 pairs cost "$cpu" -b "$fixed_rate"
 if ((parts && !raw)); then
 	keep_marker
-	arm=arm_marker disarm=disarm_marker pairs marker "$cpu" -b "$fixed_rate"
+	for marker in marker hooks counting; do
+		arm=arm_marker disarm=disarm_marker pairs "$marker" "$cpu" -b "$fixed_rate"
+	done
 	arm=arm_unmarked disarm=disarm_unmarked pairs unmarked "$cpu" -b "$fixed_rate"
 	arm=arm_captures disarm=disarm_captures pairs captures "$cpu" -b "$fixed_rate"
 fi
@@ -305,6 +316,8 @@ if ((parts && !raw)); then
 	ratio() { echo "$(median <"$work/$1.ratio" | awk '{printf "%.3f", $1}') ($(interval <"$work/$1.ratio"))"; }
 	parts_report="      CPU cost of the parts, at the same rate, traced/untraced (median of the pairs, 90 % interval):
         the nft marker alone               $(ratio marker)
+          its chains' hooks alone          $(ratio hooks)
+          its rules, counting, no nftrace  $(ratio counting)
         the live trace without its marker  $(ratio unmarked)
         its five captures alone            $(ratio captures)
 " # ends in a newline, as it goes before (c)
