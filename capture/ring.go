@@ -103,8 +103,14 @@ func (r *ring) filling() bool {
 	if atomic.LoadUint32(r.status(r.current))&unix.TP_STATUS_USER != 0 {
 		return false
 	}
-	base := r.current*r.blockSize + int(unsafe.Offsetof(unix.TpacketBlockDesc{}.Hdr)+unsafe.Offsetof(unix.TpacketHdrV1{}.Num_pkts))
-	return atomic.LoadUint32((*uint32)(unsafe.Pointer(&r.mem[base]))) != 0
+	return atomic.LoadUint32(r.numPackets(r.current)) != 0
+}
+
+// numPackets points at the count of packets in a block, which the kernel
+// zeroes when it starts filling the block and raises with each packet.
+func (r *ring) numPackets(block int) *uint32 {
+	off := unsafe.Offsetof(unix.TpacketBlockDesc{}.Hdr) + unsafe.Offsetof(unix.TpacketHdrV1{}.Num_pkts)
+	return (*uint32)(unsafe.Pointer(&r.mem[block*r.blockSize+int(off)]))
 }
 
 // consume calls f for each packet of the current block, which must be
@@ -132,6 +138,10 @@ func (r *ring) consume(f func(frame)) {
 		}
 		off += int(p.Next_offset)
 	}
+	// A block given back keeps its count until the kernel starts filling
+	// it again, which it may not do at once when the ring was full: zero
+	// it, so that filling does not take the old packets for new ones.
+	atomic.StoreUint32(r.numPackets(r.current), 0)
 	atomic.StoreUint32(r.status(r.current), unix.TP_STATUS_KERNEL)
 	r.current = (r.current + 1) % r.blocks
 }
